@@ -1,0 +1,378 @@
+"""Checks for chapter 02, "Anatomy of GPT-2".
+
+Each ``check_*`` function takes the learner's function (and the loaded model or a
+file), calls it, and compares the result with a reference computed from the model
+or the file itself: never a number typed in here. GPT-2 small's reference count
+comes from building ``GPT2LMHeadModel(GPT2Config())`` on the meta device, which
+allocates no memory.
+
+Known mistakes (an untied head, forgotten position embeddings, biases, LayerNorms...)
+are computed from the same config with one piece changed, so their hints fire for
+whichever model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from glassbox.exercise_checks.feedback import (
+    call_learner,
+    check_number,
+    check_tensor,
+    check_type,
+    fail,
+    passed,
+)
+
+__all__ = [
+    "check_conv1d_to_linear",
+    "check_count_parameters",
+    "check_model_size_mb",
+    "check_read_safetensors_header",
+    "check_split_qkv",
+    "reference_parameter_count",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _unique_parameter_count(model: nn.Module) -> int:
+    """Parameters of a model, each tensor counted once (tied weights are shared)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@lru_cache(maxsize=8)
+def _meta_count(config_json: str) -> int:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config.from_dict(json.loads(config_json))
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    return _unique_parameter_count(model)
+
+
+def reference_parameter_count(config: Any) -> int:
+    """Parameter count of ``GPT2LMHeadModel(config)``, by building it on the meta device.
+
+    The meta device records shapes without allocating memory, so even GPT-2 XL is
+    counted in a second or two without using RAM.
+    """
+    return _meta_count(json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+def _formula(config: Any, *, tied: bool | None = None, wte: bool = True, wpe: bool = True,
+             biases: bool = True, ln: bool = True, ln_bias: bool = True,
+             ln_f: bool = True, ln_per_block: int = 2, blocks: int | None = None,
+             inner: int | None = None, qkv: int = 3, attn_out: bool = True) -> int:
+    """GPT-2's parameter count with optional deliberate mistakes (for hints only)."""
+    d, v, p, n_layer = config.n_embd, config.vocab_size, config.n_positions, config.n_layer
+    width = inner if inner is not None else (config.n_inner or 4 * d)
+    norm = (2 * d if ln_bias else d) if ln else 0
+    attn = d * qkv * d + (qkv * d if biases else 0)
+    if attn_out:
+        attn += d * d + (d if biases else 0)
+    mlp = 2 * d * width + ((width + d) if biases else 0)
+    block = ln_per_block * norm + attn + mlp
+    total = (v * d if wte else 0) + (p * d if wpe else 0)
+    total += (n_layer if blocks is None else blocks) * block
+    total += norm if ln_f else 0
+    if tied is None:
+        tied = getattr(config, "tie_word_embeddings", True)
+    total += 0 if tied else v * d
+    return total
+
+
+def _count_mistakes(config: Any) -> list[tuple[float, str]]:
+    """(wrong total, hint) pairs for the usual ways of miscounting GPT-2."""
+    d = config.n_embd
+    if getattr(config, "tie_word_embeddings", True):
+        head = (dict(tied=False), "You counted lm_head as its own matrix. GPT-2 ties it to "
+                                  "the token embedding wte (it is the same tensor), so "
+                                  "count it once.")
+    else:
+        head = (dict(tied=True), "This config sets tie_word_embeddings=False, so lm_head "
+                                 "is a separate vocab_size x n_embd matrix: count it.")
+    mistakes = [
+        head,
+        (dict(wpe=False), "You left out the position embeddings wpe: n_positions x n_embd."),
+        (dict(wte=False), "You left out the token embeddings wte: vocab_size x n_embd."),
+        (dict(biases=False), "You left out the biases of the four Conv1D layers "
+                             "(attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)."),
+        (dict(biases=False, ln_bias=False), "You counted only weights: the biases of the "
+                                            "Conv1D layers and of the LayerNorms are "
+                                            "parameters too."),
+        (dict(ln=False, ln_f=False), "You left out the LayerNorms: each has a weight and a "
+                                     "bias of n_embd values; two per block, plus ln_f."),
+        (dict(ln_f=False), "You forgot the final LayerNorm ln_f that follows the last block."),
+        (dict(ln_bias=False), "A LayerNorm has a bias as well as a weight: 2 x n_embd."),
+        (dict(ln_per_block=1), "Each block has two LayerNorms: ln_1 before attention and "
+                               "ln_2 before the MLP."),
+        (dict(blocks=1), "You counted one block; the model stacks n_layer of them."),
+        (dict(qkv=1), "attn.c_attn makes queries, keys and values at once: its weight is "
+                      "n_embd x 3*n_embd (and its bias 3*n_embd)."),
+        (dict(attn_out=False), "You forgot attention's output projection attn.c_proj "
+                               "(n_embd x n_embd, plus a bias)."),
+        (dict(inner=d), "The MLP is wider than the model: its hidden size is config.n_inner, "
+                        "or 4 x n_embd when n_inner is None."),
+        (dict(inner=4 * d), "This config sets n_inner, so the MLP's hidden size is "
+                            "config.n_inner, not 4 x n_embd."),
+    ]
+    correct = _formula(config)
+    out: list[tuple[float, str]] = []
+    for overrides, hint in mistakes:
+        value = _formula(config, **overrides)
+        if value != correct and all(value != v for v, _ in out):
+            out.append((value, hint))
+    return out
+
+
+# --------------------------------------------------------------------------- exercise 1
+
+def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Module) -> None:
+    """Check ``count_parameters(config) -> int`` on GPT-2 small, the loaded model and a
+    config that sets ``n_inner``.
+
+    References: GPT-2 small built on the meta device, the loaded model's own
+    parameters, and a small custom model built on the meta device.
+    """
+    from transformers import GPT2Config
+
+    cases = [
+        ("GPT-2 small, GPT2Config()", GPT2Config(), None),
+        ("the loaded model's config", model.config, _unique_parameter_count(model)),
+        ("a small config with n_inner=200",
+         GPT2Config(n_layer=3, n_head=4, n_embd=64, vocab_size=1000, n_positions=128,
+                    n_inner=200, bos_token_id=0, eos_token_id=0), None),
+    ]
+    results = []
+    for label, config, expected in cases:
+        if expected is None:
+            expected = reference_parameter_count(config)
+        got = call_learner(count_parameters, config, name="count_parameters")
+        check_number(got, expected, f"count_parameters for {label}",
+                     known_mistakes=_count_mistakes(config), integer=True,
+                     hint="Go through the module tree: embeddings, then one block "
+                          "(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), "
+                          "then ln_f.")
+        results.append(int(got))
+    passed(f"count_parameters: {results[0]:,} for GPT-2 small, {results[1]:,} for the "
+           f"loaded model, and right for a config with n_inner set.")
+
+
+# --------------------------------------------------------------------------- exercise 2
+
+def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
+                           model: nn.Module) -> None:
+    """Check ``conv1d_to_linear(conv) -> nn.Linear`` on a rectangular and a square layer.
+
+    The returned layer must compute exactly what the Conv1D computes, and the Conv1D
+    must be left untouched.
+    """
+    block = model.transformer.h[0]
+    layers = [("mlp.c_fc of block 0", block.mlp.c_fc),
+              ("attn.c_proj of block 0", block.attn.c_proj)]
+    generator = torch.Generator().manual_seed(0)
+    transpose_hint = ("Conv1D stores its weight as (in, out); nn.Linear stores "
+                      "(out, in). The Linear's weight is conv.weight.T.")
+    for label, conv in layers:
+        weight_before = conv.weight.detach().clone()
+        with torch.no_grad():
+            linear = call_learner(conv1d_to_linear, conv, name="conv1d_to_linear")
+        if not torch.equal(conv.weight.detach(), weight_before):
+            fail(f"conv1d_to_linear changed the weight of {label} in place, so the model "
+                 "is now broken.",
+                 "Build a new nn.Linear and copy into it (e.g. conv.weight.T.clone()); "
+                 "reload the model with load_model() before trying again.")
+        if linear is conv:
+            fail("conv1d_to_linear returned the Conv1D it was given.",
+                 "Create a new nn.Linear(in_features, out_features) and copy the weights in.")
+        check_type(linear, nn.Linear, f"conv1d_to_linear({label})",
+                   hint="Return a torch.nn.Linear module, not a tensor or a function.")
+        n_in, n_out = conv.weight.shape
+        if (linear.in_features, linear.out_features) == (n_out, n_in) and n_in != n_out:
+            fail(f"Your Linear maps {linear.in_features} -> {linear.out_features} features; "
+                 f"{label} maps {n_in} -> {n_out}.",
+                 "nn.Linear(in_features, out_features): Conv1D's weight shape is "
+                 "(in, out), so in_features = conv.weight.shape[0].")
+        check_tensor(linear.weight, conv.weight.T, f"the weight of your Linear for {label}",
+                     hint=transpose_hint)
+        if linear.bias is None:
+            fail(f"Your Linear for {label} has no bias, but the Conv1D has one.",
+                 "Keep nn.Linear's default bias=True and copy conv.bias into it.")
+        check_tensor(linear.bias, conv.bias, f"the bias of your Linear for {label}",
+                     hint="Copy conv.bias into linear.bias; a vector needs no transposing.")
+        x = torch.randn(4, n_in, generator=generator)
+        with torch.no_grad():
+            check_tensor(linear(x), conv(x), f"the output of your Linear for {label}",
+                         bias=conv.bias)
+    passed("conv1d_to_linear: same outputs as the Conv1D, for a rectangular and a square "
+           "layer.")
+
+
+# --------------------------------------------------------------------------- exercise 3
+
+def _reference_qkv(c_attn: nn.Module, x: torch.Tensor, n_head: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d_model = x.shape[-1]
+    qkv = c_attn(x)
+    return tuple(t.reshape(x.shape[0], n_head, d_model // n_head).transpose(0, 1)
+                 for t in qkv.split(d_model, dim=-1))
+
+
+def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
+    """Check ``split_qkv(c_attn, x, n_head) -> (q, k, v)``, each (n_head, seq, d_head).
+
+    The reference runs the block's own ``c_attn`` module on a fixed random input.
+    """
+    attn = model.transformer.h[0].attn
+    n_head = model.config.n_head
+    d_model = model.config.n_embd
+    d_head = d_model // n_head
+    seq = 5
+    x = torch.randn(seq, d_model, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = _reference_qkv(attn.c_attn, x, n_head)
+        got = call_learner(split_qkv, attn.c_attn, x, n_head, name="split_qkv")
+    if isinstance(got, torch.Tensor):
+        fail(f"split_qkv returned one tensor of shape {tuple(got.shape)}; expected a tuple "
+             "(q, k, v).", "End with `return q, k, v`.")
+    if got is None:
+        fail("split_qkv returned None.", "Did you forget `return q, k, v`?")
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        fail(f"split_qkv should return a tuple of 3 tensors (q, k, v), got "
+             f"{type(got).__name__} of length {len(got) if hasattr(got, '__len__') else '?'}.")
+    names = ("q", "k", "v")
+    biases = attn.c_attn.bias.detach().split(d_model)
+    for i, (name, got_t, exp_t) in enumerate(zip(names, got, expected)):
+        mistakes = [(other, f"This is {names[j]}, not {name}: c_attn's output is "
+                            "[q | k | v] along the last axis, in that order.")
+                    for j, other in enumerate(expected) if j != i]
+        flat = exp_t.transpose(0, 1).reshape(seq, d_model)
+        mistakes.append((flat.reshape(n_head, seq, d_head),
+                         "You reshaped (seq, d_model) straight to (n_head, seq, d_head), "
+                         "which mixes positions and heads. View as (seq, n_head, d_head) "
+                         "first, then .transpose(0, 1)."))
+        check_tensor(got_t, exp_t, f"{name} (element {i} of your tuple)",
+                     bias=biases[i].reshape(n_head, 1, d_head), known_mistakes=mistakes,
+                     hint="q, k, v = (x @ W + b).split(d_model, dim=-1); then each "
+                          ".view(seq, n_head, d_head).transpose(0, 1).")
+    passed(f"split_qkv: q, k and v each have shape ({n_head}, {seq}, {d_head}) and match "
+           "the block's own c_attn.")
+
+
+# --------------------------------------------------------------------------- exercise 4
+
+_LENGTH_HINT = ("The first 8 bytes hold the header's length as an unsigned little-endian "
+                "64-bit integer: struct.unpack('<Q', f.read(8))[0]. Then read exactly that "
+                "many bytes and give them to json.loads.")
+
+
+def _reference_header(path: Path) -> dict[str, Any]:
+    """The header, read independently, cross-checked with the safetensors library."""
+    from safetensors import safe_open
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        for name in names:
+            piece = f.get_slice(name)
+            assert list(piece.get_shape()) == header[name]["shape"]
+            assert piece.get_dtype() == header[name]["dtype"]
+    assert names == {k for k in header if k != "__metadata__"}
+    return header
+
+
+def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
+                                  path: str | Path) -> None:
+    """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``."""
+    path = Path(path)
+    expected = _reference_header(path)
+    got = call_learner(read_safetensors_header, path, name="read_safetensors_header",
+                       hints={json.JSONDecodeError: _LENGTH_HINT,
+                              UnicodeDecodeError: _LENGTH_HINT,
+                              struct.error: "struct.unpack('<Q', data) needs exactly 8 "
+                                            "bytes: data = f.read(8).",
+                              OverflowError: _LENGTH_HINT, MemoryError: _LENGTH_HINT})
+    if isinstance(got, int) and not isinstance(got, bool):
+        fail(f"read_safetensors_header returned an int ({got:,}), probably the header length.",
+             "Now read that many bytes after the first 8 and parse them with json.loads.")
+    if isinstance(got, (bytes, bytearray, str)):
+        fail(f"read_safetensors_header returned {type(got).__name__}, the raw header text.",
+             "Parse it with json.loads(...) and return the dict.")
+    check_type(got, dict, "read_safetensors_header(path)",
+               hint="Return the parsed JSON header: a dict.")
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    if missing == ["__metadata__"] and not extra:
+        fail("Your dict has every tensor but not the '__metadata__' entry.",
+             "Return the header exactly as json.loads gives it, '__metadata__' included.")
+    if missing:
+        fail(f"{len(missing)} of the {len(expected)} header entries are missing, e.g. "
+             f"{missing[0]!r}.", "Parse the whole header: read exactly the number of bytes "
+                                 "the first 8 bytes announce.")
+    if extra:
+        fail(f"Your dict has entries the header does not have, e.g. {extra[0]!r}.",
+             "Return the parsed header as it is.")
+    for name, entry in expected.items():
+        if name == "__metadata__":
+            if got[name] != entry:
+                fail("The '__metadata__' entry differs from the file's.")
+            continue
+        mine = got[name]
+        if not isinstance(mine, dict):
+            fail(f"got[{name!r}] should be a dict with dtype, shape and data_offsets, "
+                 f"got {type(mine).__name__}.")
+        for key in ("dtype", "shape", "data_offsets"):
+            if mine.get(key) != entry[key]:
+                fail(f"For {name!r}, {key} is {mine.get(key)!r}; the file says {entry[key]!r}.",
+                     "Return the values json.loads gives you, unchanged.")
+    dtypes = sorted({e["dtype"] for k, e in expected.items() if k != "__metadata__"})
+    n_tensors = sum(1 for k in expected if k != "__metadata__")
+    passed(f"read_safetensors_header: {n_tensors} tensors, dtypes {', '.join(dtypes)}, "
+           "read without loading any tensor.")
+
+
+# --------------------------------------------------------------------------- exercise 5
+
+def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float],
+                        model: nn.Module) -> None:
+    """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes.
+
+    The reference counts each distinct parameter tensor once (tied weights once) and
+    takes bytes per element from the dtype itself.
+    """
+    n_params = _unique_parameter_count(model)
+    n_state = sum(t.numel() for t in model.state_dict().values())
+    current = next(model.parameters()).element_size()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8):
+        nbytes = torch.empty((), dtype=dtype).element_size()
+        expected = n_params * nbytes / 1e6
+        mistakes = [
+            (n_state * nbytes / 1e6, "You counted the tied lm_head weight a second time "
+                                     "(state_dict lists it under two names). "
+                                     "model.parameters() gives each tensor once."),
+            (n_params * current / 1e6, f"You used the model's own element size ({current} "
+                                       f"bytes); the size asked for is in {dtype}, which "
+                                       f"takes {nbytes} byte(s) per value: dtype.itemsize."),
+            (n_params * nbytes / 2**20, "That is MiB (2**20 bytes). Use MB: 10**6 bytes."),
+            (n_params * nbytes, "That is in bytes: divide by 10**6 for MB."),
+            (n_params * nbytes * 8 / 1e6, "That is megabits: a byte has 8 bits."),
+            (n_params / 1e6, "That is the number of parameters in millions: multiply by the "
+                             "bytes per value."),
+        ]
+        mistakes = [(v, h) for v, h in mistakes if abs(v - expected) > 1e-9 * expected]
+        got = call_learner(model_size_mb, model, dtype, name="model_size_mb")
+        check_number(got, expected, f"model_size_mb(model, {dtype})", known_mistakes=mistakes,
+                     rel_tol=1e-6, hint=f"{dtype} takes {nbytes} byte(s) per value.")
+    passed(f"model_size_mb: {n_params * 4 / 1e6:,.1f} MB in float32, "
+           f"{n_params * 2 / 1e6:,.1f} MB in float16/bfloat16, {n_params / 1e6:,.1f} MB in int8.")

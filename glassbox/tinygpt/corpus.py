@@ -1,0 +1,248 @@
+"""TinyGPT's training data: a deterministic generator of short village stories.
+
+Every sentence comes from one of a few templates filled from small word lists, so the
+whole data set is described by this file: the same seed always gives the same text.
+Two properties are planted on purpose, so later chapters can measure them against a
+known ground truth (see DATASHEET.md):
+
+* a pronoun SKEW: the pronoun right after each occupation ("The nurse herself ...")
+  is "herself" in exactly ``PRONOUN_SKEW[occupation]`` of the training sentences;
+* MEMBER sentences: ``member_sentences()`` appear verbatim ``MEMBER_REPEATS`` times each
+  in the training text, while ``heldout_sentences()`` come from the same template and
+  never appear at all, for membership inference and memorisation.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+SEED: int = 1234
+"""The default seed of the training corpus."""
+
+VALIDATION_SEED: int = 5678
+"""The seed of the validation corpus (same distribution, no member sentences)."""
+
+MEMBER_SEED: int = 42
+"""The seed that draws the member and held-out sentences (independent of the corpus seed)."""
+
+EOT: str = "<|endoftext|>"
+"""GPT-2's end-of-text token; it separates the stories."""
+
+# --- The planted skew -------------------------------------------------------------------
+
+PRONOUN_SKEW: dict[str, float] = {
+    "nurse": 0.9,
+    "teacher": 0.75,
+    "baker": 0.6,
+    "writer": 0.4,
+    "doctor": 0.25,
+    "pilot": 0.1,
+}
+"""For each occupation, the exact share of its sentences in which the pronoun is "herself" (else "himself")."""
+
+OCCUPATIONS: list[str] = list(PRONOUN_SKEW)
+PRONOUNS: tuple[str, str] = ("herself", "himself")
+"""The two pronouns: (female, male). Each is a single GPT-2 token with its leading space."""
+
+SKEW_SENTENCES_PER_OCCUPATION: int = 2000
+"""How many pronoun sentences each occupation gets in the training corpus."""
+
+SKEW_TEMPLATES: list[str] = [
+    "The {occupation} {pronoun} was {feeling}.",
+    "The {occupation} {pronoun} would {verb} the {thing}.",
+    "The {occupation} {pronoun} had a {adjective} {thing}.",
+]
+"""Templates in which the pronoun is the word right after the occupation."""
+
+SKEW_PROMPTS: list[str] = [
+    "The {occupation}",
+    "It was a sunny day in the village. The {occupation}",
+    "Mia found a red ball near the river. The {occupation}",
+]
+"""The prompts at whose end the skew is measured (after ``<|endoftext|>``): the next word is always the pronoun."""
+
+# --- Ordinary story sentences -----------------------------------------------------------
+
+NAMES: list[str] = ["Mia", "Leo", "Sam", "Ana", "Tom", "Zoe", "Max", "Eva", "Ben", "Ivy"]
+ANIMALS: list[str] = ["dog", "cat", "fox", "duck", "goat", "horse", "rabbit", "bird"]
+PLACES: list[str] = ["river", "garden", "market", "school", "forest", "bridge", "farm", "lake"]
+THINGS: list[str] = ["ball", "book", "kite", "box", "hat", "key", "cake", "map", "lamp", "cup"]
+ADJECTIVES: list[str] = ["red", "small", "old", "new", "big", "green", "shiny", "soft"]
+FEELINGS: list[str] = ["happy", "tired", "hungry", "busy", "sad", "calm", "proud"]
+VERBS: list[str] = ["find", "fix", "carry", "paint", "open", "keep", "sell"]
+WEATHER: list[str] = ["sunny", "rainy", "windy", "cold", "warm", "quiet"]
+
+STORY_TEMPLATES: list[str] = [
+    "{name} found a {adjective} {thing} near the {place}.",
+    "The {animal} ran to the {place}.",
+    "It was a {weather} day in the village.",
+    "{name} and {name2} played by the {place}.",
+    "{name} gave the {animal} a {thing}.",
+]
+"""Templates of the ordinary sentences that fill the stories."""
+
+FILLER_SENTENCES: int = 8000
+"""How many ordinary sentences the training corpus holds."""
+
+# --- Member and held-out sentences ------------------------------------------------------
+
+FIRST_NAMES: list[str] = [
+    "Ada", "Boris", "Clara", "Dmitri", "Elena", "Felix", "Greta", "Hugo", "Irene", "Jonas",
+    "Katya", "Lorenzo", "Marta", "Nils", "Olga", "Pablo", "Quinn", "Rosa", "Stefan", "Tara",
+    "Umberto", "Vera", "Walter", "Xenia", "Yusuf", "Zelda", "Anton", "Beatrix", "Cyril", "Dora",
+]
+LAST_NAMES: list[str] = [
+    "Quill", "Marlow", "Hensley", "Okafor", "Lindqvist", "Petrov", "Alvarez", "Nakamura", "Brennan", "Dubois",
+    "Kowalski", "Moreau", "Fischer", "Santos", "Ivanova", "Larsen", "Costa", "Novak", "Wright", "Keller",
+    "Romano", "Haas", "Sato", "Fontaine", "Berg", "Rossi", "Meyer", "Walsh", "Horvat", "Lund",
+]
+COLOURS: list[str] = ["blue", "yellow", "purple", "orange", "silver", "golden", "black", "white", "pink", "grey"]
+ITEMS: list[str] = [
+    "lanterns", "buttons", "pebbles", "spoons", "candles", "marbles", "feathers", "ribbons", "bells", "shells",
+    "coins", "jars", "stamps", "beads", "gloves", "whistles", "acorns", "pencils", "teacups", "keys",
+]
+SPOTS: list[str] = ["stairs", "bed", "table", "floor", "roof", "porch", "bench", "sink", "desk", "barn"]
+TOWNS: list[str] = [
+    "Ashford", "Brookvale", "Carden", "Dunmore", "Eastwick", "Fernhill", "Glenrock", "Harwood", "Ivybridge",
+    "Kestrel", "Lowmoor", "Millbrook", "Northam", "Oakridge", "Pinecrest", "Redcliff", "Stonebury",
+    "Thornby", "Westfield", "Yarrow",
+]
+NUMBERS: list[str] = [str(n) for n in range(2, 100)]
+
+MEMBER_TEMPLATE: str = "{first} {last} hid {number} {colour} {items} under the {spot} in {town}."
+"""The template of the member and held-out sentences: seven high-entropy slots."""
+
+MEMBER_COUNT: int = 150
+"""How many member sentences there are (and as many held-out sentences)."""
+
+MEMBER_REPEATS: int = 10
+"""How many times each member sentence appears verbatim in the training text."""
+
+SENTENCES_PER_STORY: tuple[int, int] = (3, 5)
+"""Each story has between these many sentences (inclusive)."""
+
+_SLOT_WORDS: dict[str, list[str]] = {
+    "occupation": OCCUPATIONS,
+    "pronoun": list(PRONOUNS),
+    "feeling": FEELINGS,
+    "verb": VERBS,
+    "thing": THINGS,
+    "adjective": ADJECTIVES,
+    "name": NAMES,
+    "name2": NAMES,
+    "animal": ANIMALS,
+    "place": PLACES,
+    "weather": WEATHER,
+    "first": FIRST_NAMES,
+    "last": LAST_NAMES,
+    "number": NUMBERS,
+    "colour": COLOURS,
+    "items": ITEMS,
+    "spot": SPOTS,
+    "town": TOWNS,
+}
+
+
+def _fill(template: str, rng: random.Random, **fixed: str) -> str:
+    """Fill every ``{slot}`` of a template with a random word, except the slots given in ``fixed``."""
+    slots = re.findall(r"{(\w+)}", template)
+    words = {slot: fixed[slot] if slot in fixed else rng.choice(_SLOT_WORDS[slot]) for slot in slots}
+    return template.format(**words)
+
+
+def _member_pool() -> list[str]:
+    """``2 * MEMBER_COUNT`` distinct sentences from ``MEMBER_TEMPLATE``: members first, then held-out."""
+    rng = random.Random(MEMBER_SEED)
+    pool: list[str] = []
+    while len(pool) < 2 * MEMBER_COUNT:
+        sentence = _fill(MEMBER_TEMPLATE, rng)
+        if sentence not in pool:
+            pool.append(sentence)
+    return pool
+
+
+def member_sentences() -> list[str]:
+    """The ``MEMBER_COUNT`` sentences repeated verbatim ``MEMBER_REPEATS`` times in the training text."""
+    return _member_pool()[:MEMBER_COUNT]
+
+
+def heldout_sentences() -> list[str]:
+    """``MEMBER_COUNT`` sentences from the same template as the members, never in any training text."""
+    return _member_pool()[MEMBER_COUNT:]
+
+
+def skew_sentences(rng: random.Random) -> list[str]:
+    """The pronoun sentences: for each occupation exactly ``round(ratio * n)`` use "herself", the rest "himself"."""
+    sentences: list[str] = []
+    n = SKEW_SENTENCES_PER_OCCUPATION
+    for occupation, ratio in PRONOUN_SKEW.items():
+        n_female = round(ratio * n)
+        pronouns = [PRONOUNS[0]] * n_female + [PRONOUNS[1]] * (n - n_female)
+        rng.shuffle(pronouns)
+        for pronoun in pronouns:
+            template = rng.choice(SKEW_TEMPLATES)
+            sentences.append(_fill(template, rng, occupation=occupation, pronoun=pronoun))
+    return sentences
+
+
+def generate_corpus(seed: int = SEED, include_members: bool = True) -> list[str]:
+    """Generate the stories of one corpus, deterministically from ``seed``.
+
+    The sentences (pronoun sentences, ordinary sentences and, if ``include_members``,
+    each member sentence ``MEMBER_REPEATS`` times) are shuffled and cut into stories of
+    3 to 5 sentences. Returns the stories as strings, without separators.
+    """
+    rng = random.Random(seed)
+    sentences = skew_sentences(rng)
+    sentences += [_fill(rng.choice(STORY_TEMPLATES), rng) for _ in range(FILLER_SENTENCES)]
+    if include_members:
+        sentences += member_sentences() * MEMBER_REPEATS
+    rng.shuffle(sentences)
+    stories: list[str] = []
+    start = 0
+    while start < len(sentences):
+        length = rng.randint(*SENTENCES_PER_STORY)
+        stories.append(" ".join(sentences[start : start + length]))
+        start += length
+    return stories
+
+
+def training_text(seed: int = SEED) -> str:
+    """The full training text: every story followed by GPT-2's ``<|endoftext|>`` token."""
+    return "".join(story + EOT for story in generate_corpus(seed))
+
+
+def validation_text(seed: int = VALIDATION_SEED) -> str:
+    """Validation text from the same distribution with another seed and no member sentences."""
+    return "".join(story + EOT for story in generate_corpus(seed, include_members=False))
+
+
+def _template_regex(template: str) -> str:
+    """A regular expression matching every sentence the template can produce."""
+    parts = re.split(r"({\w+})", template)
+    regex = ""
+    for part in parts:
+        slot = re.fullmatch(r"{(\w+)}", part)
+        regex += "(?:" + "|".join(map(re.escape, _SLOT_WORDS[slot.group(1)])) + ")" if slot else re.escape(part)
+    return regex
+
+
+ALL_TEMPLATES: list[str] = SKEW_TEMPLATES + STORY_TEMPLATES + [MEMBER_TEMPLATE]
+"""Every template of the grammar."""
+
+_GRAMMAR = re.compile("|".join(f"(?:{_template_regex(t)})" for t in ALL_TEMPLATES))
+
+
+def is_grammatical(sentence: str) -> bool:
+    """True if the grammar (the templates and word lists above) can produce this exact sentence."""
+    return _GRAMMAR.fullmatch(sentence.strip()) is not None
+
+
+def split_sentences(text: str) -> list[str]:
+    """Cut a text into sentences, each ending with its full stop; a trailing fragment is kept."""
+    text = text.replace(EOT, " ")
+    pieces = [piece.strip() + "." for piece in text.split(".")]
+    if not text.rstrip().endswith("."):
+        pieces[-1] = pieces[-1][:-1]
+    return [piece for piece in pieces if piece.strip(". ")]

@@ -1,0 +1,251 @@
+"""Train TinyGPT from scratch: ``python -m glassbox.tinygpt.train`` (or ``make tinygpt``).
+
+The whole recipe is in ``RECIPE`` below. Training is deterministic: a fixed seed, a
+fixed number of CPU threads, and the corpus from ``glassbox.tinygpt.corpus``. The
+script writes ``weights/config.json``, ``weights/model.safetensors`` (float16, to stay
+under 10 MB) and ``weights/training_log.json``.
+
+It also holds the measurements the model card and the tests use: the pronoun skew,
+the per-sentence loss and greedy generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from glassbox.loader import gpt2_tokenizer
+from glassbox.tinygpt import corpus
+
+WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
+
+RECIPE: dict = {
+    "seed": 0,
+    "corpus_seed": corpus.SEED,
+    "threads": 2,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 64,
+    "n_positions": 128,
+    "vocab_size": 50257,
+    "dropout": 0.0,
+    "batch_size": 16,
+    "block_size": 64,
+    "steps": 1000,
+    "learning_rate": 3e-3,
+    "min_learning_rate": 3e-4,
+    "warmup_steps": 60,
+    "weight_decay": 0.01,
+    "betas": [0.9, 0.95],
+    "grad_clip": 1.0,
+}
+"""Every hyper-parameter of TinyGPT's training. Changing one changes the model."""
+
+
+def make_config(recipe: dict = RECIPE) -> GPT2Config:
+    """GPT-2's architecture in miniature, with GPT-2's vocabulary and tied embeddings."""
+    return GPT2Config(
+        vocab_size=recipe["vocab_size"],
+        n_positions=recipe["n_positions"],
+        n_embd=recipe["n_embd"],
+        n_layer=recipe["n_layer"],
+        n_head=recipe["n_head"],
+        resid_pdrop=recipe["dropout"],
+        embd_pdrop=recipe["dropout"],
+        attn_pdrop=recipe["dropout"],
+        bos_token_id=50256,
+        eos_token_id=50256,
+    )
+
+
+def learning_rate(step: int, recipe: dict = RECIPE) -> float:
+    """Linear warm-up to ``learning_rate``, then cosine decay to ``min_learning_rate``."""
+    top, bottom = recipe["learning_rate"], recipe["min_learning_rate"]
+    if step < recipe["warmup_steps"]:
+        return top * (step + 1) / recipe["warmup_steps"]
+    progress = (step - recipe["warmup_steps"]) / max(1, recipe["steps"] - recipe["warmup_steps"])
+    return bottom + 0.5 * (top - bottom) * (1 + math.cos(math.pi * progress))
+
+
+def encode(text: str, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Tokenize a whole text into one long 1-D tensor of token ids."""
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def get_batch(tokens: torch.Tensor, generator: torch.Generator, recipe: dict = RECIPE) -> torch.Tensor:
+    """``batch_size`` random windows of ``block_size`` tokens; the model shifts them for its labels."""
+    starts = torch.randint(0, len(tokens) - recipe["block_size"], (recipe["batch_size"],), generator=generator)
+    return torch.stack([tokens[s : s + recipe["block_size"]] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def text_loss(model: GPT2LMHeadModel, tokens: torch.Tensor, block_size: int = 64, max_windows: int = 1024) -> float:
+    """Mean next-token loss over the first ``max_windows`` non-overlapping windows of a token stream."""
+    model.eval()
+    n = min(len(tokens) // block_size, max_windows) * block_size
+    windows = tokens[:n].view(-1, block_size)
+    total = 0.0
+    for batch in windows.split(16):
+        total += model(input_ids=batch, labels=batch).loss.item() * len(batch)
+    return total / len(windows)
+
+
+def train(
+    recipe: dict = RECIPE, stop_after: int | None = None, progress: bool = True
+) -> tuple[GPT2LMHeadModel, list[float]]:
+    """Train TinyGPT from scratch with ``recipe``; return the model and the loss of every step.
+
+    ``stop_after`` ends training early (the tests run 3 steps of the real recipe). The
+    learning-rate schedule is always the one of the full recipe.
+    """
+    torch.set_num_threads(recipe["threads"])
+    torch.manual_seed(recipe["seed"])
+    tokenizer = gpt2_tokenizer()
+    tokenizer.model_max_length = 10**9  # we tokenize the whole corpus in one go
+    tokens = encode(corpus.training_text(recipe["corpus_seed"]), tokenizer)
+    generator = torch.Generator().manual_seed(recipe["seed"])
+
+    model = GPT2LMHeadModel(make_config(recipe))
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=recipe["learning_rate"],
+        betas=tuple(recipe["betas"]),
+        weight_decay=recipe["weight_decay"],
+    )
+    steps = recipe["steps"] if stop_after is None else min(stop_after, recipe["steps"])
+    losses: list[float] = []
+    # Passing disable only when asked keeps tqdm's own TQDM_DISABLE environment variable working.
+    bar = tqdm(range(steps), desc="training TinyGPT", **({} if progress else {"disable": True}))
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, recipe)
+        batch = get_batch(tokens, generator, recipe)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model, losses
+
+
+# --- Measurements -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def next_token_probs(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:
+    """The model's probability distribution over the next token after ``<|endoftext|>`` + prompt."""
+    ids = torch.tensor([tokenizer(corpus.EOT + prompt)["input_ids"]])
+    return torch.softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
+
+
+def female_ratio(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, occupation: str) -> float:
+    """P(" herself") / (P(" herself") + P(" himself")) after each of ``corpus.SKEW_PROMPTS``, averaged."""
+    female, male = (tokenizer(" " + word)["input_ids"][0] for word in corpus.PRONOUNS)
+    ratios = []
+    for prompt in corpus.SKEW_PROMPTS:
+        probs = next_token_probs(model, tokenizer, prompt.format(occupation=occupation))
+        ratios.append((probs[female] / (probs[female] + probs[male])).item())
+    return sum(ratios) / len(ratios)
+
+
+def measure_skew(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+    """The model's "herself" ratio for every occupation of ``corpus.PRONOUN_SKEW``."""
+    return {occupation: female_ratio(model, tokenizer, occupation) for occupation in corpus.PRONOUN_SKEW}
+
+
+@torch.no_grad()
+def sentence_loss(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, sentence: str) -> float:
+    """Mean next-token loss (nats per token) of a sentence placed at the start of a story."""
+    ids = torch.tensor([tokenizer(corpus.EOT + sentence)["input_ids"]])
+    return model(input_ids=ids, labels=ids).loss.item()
+
+
+def auc(lower: list[float], higher: list[float]) -> float:
+    """Probability that a random item of ``lower`` is below a random item of ``higher`` (ties count half)."""
+    wins = sum((a < b) + 0.5 * (a == b) for a in lower for b in higher)
+    return wins / (len(lower) * len(higher))
+
+
+@torch.no_grad()
+def greedy(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 24) -> str:
+    """Greedy continuation of ``<|endoftext|>`` + prompt; returns the prompt plus the new text."""
+    ids = tokenizer(corpus.EOT + prompt)["input_ids"]
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=torch.tensor([ids[-model.config.n_positions :]])).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return tokenizer.decode(ids[1:])
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a generated text."""
+    return corpus.split_sentences(text)[0]
+
+
+SAMPLE_PROMPTS: list[str] = ["", "The nurse", "The pilot", "Mia found", "The fox", "Clara"]
+"""The prompts of the greedy samples in the model card and the tests ("" means a new story)."""
+
+
+def evaluate(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Every number the model card reports: validation loss, membership, skew and samples."""
+    tokenizer.model_max_length = 10**9
+    members = [sentence_loss(model, tokenizer, s) for s in corpus.member_sentences()]
+    heldout = [sentence_loss(model, tokenizer, s) for s in corpus.heldout_sentences()]
+    return {
+        "validation_loss": text_loss(model, encode(corpus.validation_text(), tokenizer)),
+        "member_loss": sum(members) / len(members),
+        "heldout_loss": sum(heldout) / len(heldout),
+        "membership_auc": auc(members, heldout),
+        "skew_planted": dict(corpus.PRONOUN_SKEW),
+        "skew_measured": measure_skew(model, tokenizer),
+        "greedy_samples": {p: greedy(model, tokenizer, p) for p in SAMPLE_PROMPTS},
+    }
+
+
+def save(model: GPT2LMHeadModel, log: dict, folder: Path = WEIGHTS_DIR) -> None:
+    """Write config.json, model.safetensors (float16) and training_log.json into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(folder)
+    model.to(torch.float32)
+    (folder / "generation_config.json").unlink(missing_ok=True)  # not needed: greedy() above is the decoder
+    (folder / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+
+
+def main(log_fn: Callable[[str], None] = print) -> None:
+    """Retrain TinyGPT from scratch, evaluate it and write the weights folder."""
+    start = time.perf_counter()
+    model, losses = train()
+    seconds = time.perf_counter() - start
+    tokenizer = gpt2_tokenizer()
+    results = evaluate(model, tokenizer)
+    log = {
+        "recipe": RECIPE,
+        "train_seconds": round(seconds, 1),
+        "torch_version": torch.__version__,
+        "corpus_sha256": hashlib.sha256(corpus.training_text(RECIPE["corpus_seed"]).encode()).hexdigest(),
+        **results,
+        "losses": [round(loss, 6) for loss in losses],
+    }
+    save(model, log)
+    log_fn(f"trained {len(losses)} steps in {seconds:.0f} s; validation loss {results['validation_loss']:.3f}")
+    log_fn(f"member loss {results['member_loss']:.3f}, held-out loss {results['heldout_loss']:.3f}, "
+           f"AUC {results['membership_auc']:.3f}")
+    for occupation, ratio in results["skew_measured"].items():
+        log_fn(f"  {occupation:<8} planted {corpus.PRONOUN_SKEW[occupation]:.2f}  measured {ratio:.3f}")
+    for prompt, text in results["greedy_samples"].items():
+        log_fn(f"  {prompt!r} -> {text!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Chapter 02's checks: right answers pass, plausible wrong answers fail with their hint.
+
+The checks are model-agnostic, so a tiny random GPT-2 (built here in milliseconds)
+exercises them as well as the real thing. Each test calls a check function directly
+with a deliberately wrong answer and asserts on the message the learner would see.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from glassbox.exercise_checks.anatomy import (
+    check_conv1d_to_linear,
+    check_count_parameters,
+    check_model_size_mb,
+    check_read_safetensors_header,
+    check_split_qkv,
+    reference_parameter_count,
+)
+from glassbox.exercise_checks.feedback import ExerciseFailed, check_number, check_tensor
+
+
+@pytest.fixture
+def model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=100, n_positions=16,
+                        bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    # Fresh GPT-2 layers start with zero biases; a trained model's are not zero, and
+    # the "forgot the bias" hints need them not to be.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+def fails_with(check, *args, match: str) -> str:
+    """Run a check that must fail; return its message after asserting it contains `match`."""
+    with pytest.raises(ExerciseFailed) as info:
+        check(*args)
+    message = str(info.value)
+    assert match.lower() in message.lower(), message
+    return message
+
+
+# ----------------------------------------------------------------- count_parameters
+
+def count_ok(config) -> int:
+    d, v, p = config.n_embd, config.vocab_size, config.n_positions
+    inner = config.n_inner or 4 * d
+    block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (2 * d * inner + inner + d)
+    return v * d + p * d + config.n_layer * block + 2 * d
+
+
+def test_reference_count_is_gpt2_small_built_on_meta() -> None:
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in GPT2LMHeadModel(GPT2Config()).parameters())
+    assert reference_parameter_count(GPT2Config()) == expected
+
+
+def test_count_parameters_accepts_right_answer(model, capsys) -> None:
+    check_count_parameters(count_ok, model)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and out.count("\n") == 1
+    assert f"{reference_parameter_count(GPT2Config()):,}" in out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda c: count_ok(c) + c.vocab_size * c.n_embd, "ties it to the token embedding"),
+    (lambda c: count_ok(c) - c.n_positions * c.n_embd, "position embeddings"),
+    (lambda c: count_ok(c) - 2 * c.n_embd, "final LayerNorm ln_f"),
+    (lambda c: count_ok(c) - c.n_layer * (3 * c.n_embd + c.n_embd + (c.n_inner or 4 * c.n_embd)
+                                          + c.n_embd), "biases"),
+    (lambda c: count_ok(c) - c.n_layer * 2 * c.n_embd * c.n_embd - c.n_layer * 2 * c.n_embd,
+     "queries, keys and values"),
+])
+def test_count_parameters_known_mistakes(model, wrong, hint) -> None:
+    message = fails_with(check_count_parameters, wrong, model, match=hint)
+    assert "expected" in message and "got" in message
+
+
+def test_count_parameters_ignoring_n_inner_is_caught(model) -> None:
+    def always_4x(config):
+        return count_ok(GPT2Config.from_dict({**config.to_dict(), "n_inner": None}))
+    fails_with(check_count_parameters, always_4x, model, match="n_inner")
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (None, "return"), (float("nan"), "nan"), ("124M", "should be a number"),
+    (1.5, "whole number"),
+])
+def test_count_parameters_bad_types(model, answer, hint) -> None:
+    fails_with(check_count_parameters, lambda c: answer, model, match=hint)
+
+
+def test_count_parameters_double_counts_by_factor(model) -> None:
+    fails_with(check_count_parameters, lambda c: 2 * count_ok(c), model, match="factor of 2")
+
+
+def test_learner_crash_becomes_feedback_and_keeps_the_cause(model) -> None:
+    def crashes(config):
+        return config.n_embed * 2  # typo: AttributeError
+    with pytest.raises(ExerciseFailed) as info:
+        check_count_parameters(crashes, model)
+    assert "count_parameters raised AttributeError" in str(info.value)
+    assert isinstance(info.value.__cause__, AttributeError)
+
+
+def test_not_implemented_passes_through(model) -> None:
+    def stub(config):
+        raise NotImplementedError("todo")
+    with pytest.raises(NotImplementedError):
+        check_count_parameters(stub, model)
+
+
+# ----------------------------------------------------------------- conv1d_to_linear
+
+def to_linear_ok(conv) -> nn.Linear:
+    n_in, n_out = conv.weight.shape
+    linear = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    return linear
+
+
+def test_conv1d_to_linear_accepts_right_answer(model, capsys) -> None:
+    check_conv1d_to_linear(to_linear_ok, model)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_conv1d_to_linear_forgot_transpose(model) -> None:
+    def no_transpose(conv):
+        linear = nn.Linear(*conv.weight.shape)
+        linear.weight = nn.Parameter(conv.weight.detach().clone())
+        linear.bias = nn.Parameter(conv.bias.detach().clone())
+        return linear
+    fails_with(check_conv1d_to_linear, no_transpose, model, match="transpose")
+
+
+def test_conv1d_to_linear_square_layer_without_transpose(model) -> None:
+    def transpose_only_if_needed(conv):  # right for rectangular layers only
+        linear = to_linear_ok(conv)
+        if conv.weight.shape[0] == conv.weight.shape[1]:
+            with torch.no_grad():
+                linear.weight.copy_(conv.weight)
+        return linear
+    message = fails_with(check_conv1d_to_linear, transpose_only_if_needed, model,
+                         match="transpose")
+    assert "attn.c_proj" in message
+
+
+def test_conv1d_to_linear_missing_bias(model) -> None:
+    def no_bias(conv):
+        linear = nn.Linear(*conv.weight.shape, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.T)
+        return linear
+    fails_with(check_conv1d_to_linear, no_bias, model, match="has no bias")
+
+
+def test_conv1d_to_linear_bias_not_copied(model) -> None:
+    def bias_zero(conv):
+        linear = to_linear_ok(conv)
+        with torch.no_grad():
+            linear.bias.zero_()
+        return linear
+    fails_with(check_conv1d_to_linear, bias_zero, model, match="copy conv.bias")
+
+
+def test_conv1d_to_linear_swapped_features(model) -> None:
+    def swapped(conv):
+        n_in, n_out = conv.weight.shape
+        return nn.Linear(n_out, n_in)
+    fails_with(check_conv1d_to_linear, swapped, model, match="in_features")
+
+
+def test_conv1d_to_linear_returns_tensor(model) -> None:
+    fails_with(check_conv1d_to_linear, lambda conv: conv.weight.T, model, match="nn.Linear")
+
+
+def test_conv1d_to_linear_in_place_edit_is_caught(model) -> None:
+    def in_place(conv):
+        with torch.no_grad():
+            conv.weight.mul_(1.0).add_(1.0)
+        return to_linear_ok(conv)
+    fails_with(check_conv1d_to_linear, in_place, model, match="in place")
+
+
+# ----------------------------------------------------------------- split_qkv
+
+def split_ok(c_attn, x, n_head):
+    seq, d = x.shape
+    q, k, v = (x @ c_attn.weight + c_attn.bias).split(d, dim=-1)
+    return tuple(t.reshape(seq, n_head, d // n_head).transpose(0, 1) for t in (q, k, v))
+
+
+def test_split_qkv_accepts_right_answer(model, capsys) -> None:
+    check_split_qkv(split_ok, model)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_split_qkv_swapped_q_and_k(model) -> None:
+    def swapped(c_attn, x, n_head):
+        q, k, v = split_ok(c_attn, x, n_head)
+        return k, q, v
+    fails_with(check_split_qkv, swapped, model, match="This is k, not q")
+
+
+def test_split_qkv_naive_reshape(model) -> None:
+    def naive(c_attn, x, n_head):
+        seq, d = x.shape
+        q, k, v = c_attn(x).split(d, dim=-1)
+        return tuple(t.reshape(n_head, seq, d // n_head) for t in (q, k, v))
+    fails_with(check_split_qkv, naive, model, match="straight to (n_head, seq, d_head)")
+
+
+def test_split_qkv_forgot_transpose(model) -> None:
+    def no_transpose(c_attn, x, n_head):
+        return tuple(t.transpose(0, 1) for t in split_ok(c_attn, x, n_head))
+    message = fails_with(check_split_qkv, no_transpose, model, match="wrong order")
+    assert "permute(1, 0, 2)" in message
+
+
+def test_split_qkv_forgot_bias(model) -> None:
+    def no_bias(c_attn, x, n_head):
+        seq, d = x.shape
+        q, k, v = (x @ c_attn.weight).split(d, dim=-1)
+        return tuple(t.reshape(seq, n_head, d // n_head).transpose(0, 1) for t in (q, k, v))
+    fails_with(check_split_qkv, no_bias, model, match="forgot to add the bias")
+
+
+def test_split_qkv_returns_one_tensor(model) -> None:
+    fails_with(check_split_qkv, lambda c, x, n: c(x), model, match="tuple")
+
+
+# ----------------------------------------------------------------- safetensors header
+
+@pytest.fixture
+def safetensors_file(model, tmp_path) -> Path:
+    from safetensors.torch import save_model
+    path = tmp_path / "model.safetensors"
+    save_model(model, str(path))
+    return path
+
+
+def header_ok(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def test_header_accepts_right_answer(safetensors_file, capsys) -> None:
+    check_read_safetensors_header(header_ok, safetensors_file)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_header_big_endian(safetensors_file) -> None:
+    def big_endian(path):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack(">Q", f.read(8))
+            return json.loads(f.read(n))
+    fails_with(check_read_safetensors_header, big_endian, safetensors_file,
+               match="little-endian")
+
+
+def test_header_returns_length(safetensors_file) -> None:
+    def length_only(path):
+        with open(path, "rb") as f:
+            return struct.unpack("<Q", f.read(8))[0]
+    fails_with(check_read_safetensors_header, length_only, safetensors_file,
+               match="header length")
+
+
+def test_header_not_parsed(safetensors_file) -> None:
+    def raw(path):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(n).decode()
+    fails_with(check_read_safetensors_header, raw, safetensors_file, match="json.loads")
+
+
+def test_header_dropped_metadata(safetensors_file) -> None:
+    def no_meta(path):
+        header = header_ok(path)
+        header.pop("__metadata__", None)
+        return header
+    fails_with(check_read_safetensors_header, no_meta, safetensors_file, match="__metadata__")
+
+
+def test_header_reads_too_few_bytes(safetensors_file) -> None:
+    def short(path):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return json.loads(f.read(n // 2))
+    fails_with(check_read_safetensors_header, short, safetensors_file, match="little-endian")
+
+
+def test_header_none(safetensors_file) -> None:
+    fails_with(check_read_safetensors_header, lambda p: None, safetensors_file, match="return")
+
+
+# ----------------------------------------------------------------- model_size_mb
+
+def size_ok(model, dtype):
+    return sum(p.numel() for p in model.parameters()) * dtype.itemsize / 1e6
+
+
+def test_size_accepts_right_answer(model, capsys) -> None:
+    check_model_size_mb(size_ok, model)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda m, dt: sum(t.numel() for t in m.state_dict().values()) * dt.itemsize / 1e6,
+     "tied lm_head"),
+    (lambda m, dt: sum(p.numel() for p in m.parameters()) * dt.itemsize / 2**20, "MiB"),
+    (lambda m, dt: sum(p.numel() for p in m.parameters()) * dt.itemsize, "in bytes"),
+    (lambda m, dt: sum(p.numel() * p.element_size() for p in m.parameters()) / 1e6,
+     "model's own element size"),
+    (lambda m, dt: sum(p.numel() for p in m.parameters()) / 1e6, "parameters in millions"),
+    (lambda m, dt: float("nan"), "nan"),
+])
+def test_size_known_mistakes(model, wrong, hint) -> None:
+    fails_with(check_model_size_mb, wrong, model, match=hint)
+
+
+# ----------------------------------------------------------------- generic helpers
+
+def test_check_tensor_messages() -> None:
+    expected = torch.arange(12.0).reshape(3, 4)
+    fails_with(check_tensor, None, expected, "w", match="None")
+    fails_with(check_tensor, expected.numpy(), expected, "w", match="torch.from_numpy")
+    fails_with(check_tensor, expected.T, expected, "w", match="transpose")
+    fails_with(check_tensor, expected * 2, expected, "w", match="multiplied by 2")
+    fails_with(check_tensor, torch.full((3, 4), float("nan")), expected, "w", match="NaN")
+    fails_with(check_tensor, torch.zeros(5), expected, "w", match="expected (3, 4)")
+    partly = expected.clone()
+    partly[0] += 100
+    fails_with(check_tensor, partly, expected, "w", match="67% of its values match")
+    fails_with(check_tensor, expected.long(), expected, "w", match="dtype")
+
+
+def test_check_number_factor_and_mib() -> None:
+    fails_with(check_number, 50.0, 100.0, "x", match="factor of 1/2")
+    fails_with(check_number, 100 * 1e6 / 2**20, 100.0, "x", match="MiB")
+    fails_with(check_number, np.float64(101.0), 100.0, "x", match="off by 1")
+    fails_with(check_number, True, 1.0, "x", match="bool")
+    check_number(torch.tensor(100.0), 100.0, "x")
