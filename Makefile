@@ -19,7 +19,7 @@ help:
 	@echo "make exercises  generate exercises/ from solutions/"
 	@echo "make check NB=exercises/02_anatomy.ipynb   check your own exercise notebook"
 	@echo "make bench      time every notebook and print a table (model from GLASSBOX_MODEL)"
-	@echo "make tinygpt    retrain TinyGPT from scratch (about 15 minutes on 2 CPU cores)"
+	@echo "make tinygpt    retrain TinyGPT from scratch (about 10 minutes on 2 CPU cores)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
