@@ -142,6 +142,7 @@ def load_model(name: str | None = None, *, verbose: bool = True) -> tuple[GPT2LM
         chosen = "tinygpt"
         model, tokenizer, source = _load(chosen)
     model.eval()
+    tokenizer.model_max_length = model.config.n_positions  # TinyGPT reads 128 tokens, GPT-2 1,024
     if verbose:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"Loaded {chosen} from {source}: {n_params:,} parameters. Why this model: {reason}.")
@@ -231,7 +232,6 @@ def _load_folder(folder: Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase
     tokenizer_file = folder / "tokenizer.json"
     if tokenizer_file.is_file():
         tokenizer = GPT2TokenizerFast(tokenizer_file=str(tokenizer_file))
-        tokenizer.model_max_length = model.config.n_positions
     else:
         tokenizer = gpt2_tokenizer()
     return model, tokenizer

@@ -165,3 +165,4 @@ def test_bundled_tinygpt_loads_offline():
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert torch.isfinite(logits).all()
+    assert tokenizer.model_max_length == model.config.n_positions
