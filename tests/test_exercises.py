@@ -156,13 +156,34 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_self_check_on_solutions_passes() -> None:
-    path = REPO_DIR / "solutions" / "02_anatomy.ipynb"
-    before = digest(path)
-    result = run_check(str(path))
+def exercise_count(path: Path) -> int:
+    """How many exercises a notebook has: its nbgrader solution cells with a solution region."""
+    nb = nbformat.read(path, as_version=4)
+    return sum(1 for cell in nb.cells
+               if nbgrader_meta(cell).get("solution") and make_exercises.BEGIN in cell.source)
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_self_check_on_solutions_passes(solution: Path) -> None:
+    n_exercises = exercise_count(solution)
+    assert n_exercises >= 4 or solution.name == "02_anatomy.ipynb" and n_exercises == 5
+    before = digest(solution)
+    result = run_check(str(solution))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed, 0 failed, 0 not attempted" in result.stdout
-    assert digest(path) == before
+    assert f"{n_exercises} passed, 0 failed, 0 not attempted" in result.stdout
+    assert digest(solution) == before
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_self_check_reports_untouched_exercises_as_not_attempted(solution: Path) -> None:
+    exercise = make_exercises.exercise_path(solution)
+    n_exercises = exercise_count(exercise)
+    assert n_exercises == exercise_count(solution)
+    before = digest(exercise)
+    result = run_check(str(exercise))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"0 passed, 0 failed, {n_exercises} not attempted" in result.stdout
+    assert digest(exercise) == before
 
 
 def test_self_check_reports_each_exercise(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Teachers can use the notebooks with nbgrader: generate_assignment, then autograde.
 
-Runs in a throw-away course directory (source/<assignment>/02_anatomy.ipynb):
+Runs for every chapter, in a throw-away course directory (source/<assignment>/NN_topic.ipynb):
 - ``nbgrader generate_assignment`` works on the exercise notebook and on the solutions
   notebook, and the released notebook contains no solution code;
 - ``nbgrader autograde`` gives a submission of the solutions notebook full points and
@@ -10,6 +10,7 @@ Runs in a throw-away course directory (source/<assignment>/02_anatomy.ipynb):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,14 @@ import pytest
 
 from glassbox.paths import REPO_DIR
 
-ASSIGNMENT = "ps02"
-NAME = "02_anatomy.ipynb"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+NAMES = sorted(path.name for path in (REPO_DIR / "solutions").glob("*.ipynb"))
+DEF = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
+
+
+def assignment(name: str) -> str:
+    """nbgrader's assignment name for a chapter notebook: ps02 for 02_anatomy.ipynb."""
+    return "ps" + name.split("_")[0]
 
 
 def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
@@ -36,10 +42,16 @@ def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def solution_lines() -> set[str]:
-    """Every non-blank, non-comment line inside a solution region of solutions/."""
+def solution_cells(name: str) -> list:
+    """The code cells of solutions/<name> that hold a solution region."""
+    return [cell for cell in nbformat.read(REPO_DIR / "solutions" / name, as_version=4).cells
+            if cell.cell_type == "code" and BEGIN in cell.source]
+
+
+def solution_lines(name: str) -> set[str]:
+    """Every non-blank, non-comment line inside a solution region of solutions/<name>."""
     lines: set[str] = set()
-    for cell in nbformat.read(REPO_DIR / "solutions" / NAME, as_version=4).cells:
+    for cell in solution_cells(name):
         inside = False
         for line in cell.source.splitlines():
             if line.strip() == BEGIN:
@@ -51,43 +63,47 @@ def solution_lines() -> set[str]:
     return lines
 
 
-def make_course(tmp_path: Path, source: Path) -> Path:
+def make_course(tmp_path: Path, source: Path, name: str) -> Path:
     course = tmp_path / "course"
-    (course / "source" / ASSIGNMENT).mkdir(parents=True)
-    shutil.copy(source, course / "source" / ASSIGNMENT / NAME)
+    (course / "source" / assignment(name)).mkdir(parents=True)
+    shutil.copy(source, course / "source" / assignment(name) / name)
     return course
 
 
 @pytest.mark.parametrize("folder", ["exercises", "solutions"])
-def test_generate_assignment_releases_no_solutions(tmp_path: Path, folder: str) -> None:
-    course = make_course(tmp_path, REPO_DIR / folder / NAME)
-    nbgrader(course, "generate_assignment", ASSIGNMENT)
-    released = nbformat.read(course / "release" / ASSIGNMENT / NAME, as_version=4)
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_assignment_releases_no_solutions(tmp_path: Path, folder: str, name: str) -> None:
+    course = make_course(tmp_path, REPO_DIR / folder / name, name)
+    nbgrader(course, "generate_assignment", assignment(name))
+    released = nbformat.read(course / "release" / assignment(name) / name, as_version=4)
     text = "\n".join(cell.source for cell in released.cells)
     assert BEGIN not in text and END not in text
-    leaked = [line for line in solution_lines() if line in text.splitlines()]
+    leaked = [line for line in solution_lines(name) if line in text.splitlines()]
     assert not leaked, leaked
-    for function in ("count_parameters", "conv1d_to_linear", "split_qkv",
-                     "read_safetensors_header", "model_size_mb"):
+    functions = [DEF.search(cell.source).group(1) for cell in solution_cells(name)]
+    assert functions
+    for function in functions:
         assert f"def {function}(" in text  # nbgrader replaced the body only
     assert all(not cell.get("outputs") for cell in released.cells if cell.cell_type == "code"
                if cell.metadata.get("nbgrader", {}).get("grade"))
 
 
-def test_autograde_gives_solutions_full_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", nameS)
+def test_autograde_gives_solutions_full_points(tmp_path: Path, name: str) -> None:
     from nbgrader.api import Gradebook
 
-    course = make_course(tmp_path, REPO_DIR / "exercises" / NAME)
-    nbgrader(course, "generate_assignment", ASSIGNMENT)
-    for student, source in [("solver", REPO_DIR / "solutions" / NAME),
-                            ("blank", course / "release" / ASSIGNMENT / NAME)]:
-        target = course / "submitted" / student / ASSIGNMENT
+    ps = assignment(name)
+    course = make_course(tmp_path, REPO_DIR / "exercises" / name, name)
+    nbgrader(course, "generate_assignment", ps)
+    for student, source in [("solver", REPO_DIR / "solutions" / name),
+                            ("blank", course / "release" / ps / name)]:
+        target = course / "submitted" / student / ps
         target.mkdir(parents=True)
-        shutil.copy(source, target / NAME)
-    nbgrader(course, "autograde", ASSIGNMENT, "--create")
+        shutil.copy(source, target / name)
+    nbgrader(course, "autograde", ps, "--create")
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        solver = gradebook.find_submission(ASSIGNMENT, "solver")
-        blank = gradebook.find_submission(ASSIGNMENT, "blank")
+        solver = gradebook.find_submission(ps, "solver")
+        blank = gradebook.find_submission(ps, "blank")
         assert solver.max_score > 0
         assert solver.score == solver.max_score
         assert blank.score == 0
