@@ -88,7 +88,7 @@ def test_generate_assignment_releases_no_solutions(tmp_path: Path, folder: str, 
                if cell.metadata.get("nbgrader", {}).get("grade"))
 
 
-@pytest.mark.parametrize("name", nameS)
+@pytest.mark.parametrize("name", NAMES)
 def test_autograde_gives_solutions_full_points(tmp_path: Path, name: str) -> None:
     from nbgrader.api import Gradebook
 
