@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.glassbox-installed
 NB     ?=
 
-.PHONY: help install lab test run outputs exercises check bench tinygpt clean
+.PHONY: help install lab test run outputs exercises check bench tinygpt clean provider colab test-browser book
 
 help:
 	@echo "make lab        install (first time only) and open the course in JupyterLab"
@@ -20,6 +20,9 @@ help:
 	@echo "make check NB=exercises/02_anatomy.ipynb   check your own exercise notebook"
 	@echo "make bench      time every notebook and print a table (model from GLASSBOX_MODEL)"
 	@echo "make tinygpt    retrain TinyGPT from scratch (about 10 minutes on 2 CPU cores)"
+	@echo "make colab      stamp the Colab badge and set-up cell into every notebook (URL: glassbox/course_url.py)"
+	@echo "make test-browser  run every lesson in a real JupyterLab in headless Chromium; screenshots in build/screenshots/"
+	@echo "make book       build the rendered course from the stored outputs into build/book/ (offline)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +30,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# JupyterLab settings for the course (no "official Jupyter news?" pop-up), in .venv's app settings.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_SETTINGS): lab/overrides.json $(STAMP)
+	mkdir -p $(dir $@)
+	cp lab/overrides.json $@
+
+install: $(STAMP) $(LAB_SETTINGS)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/00_setup_check.ipynb
@@ -38,10 +47,10 @@ test: install
 run: install
 	$(PY) scripts/run_notebooks.py --html build
 
-outputs: install
+outputs: install colab
 	$(PY) scripts/run_notebooks.py --in-place
 
-exercises: install
+exercises: install colab
 	$(PY) scripts/make_exercises.py
 
 check: install
@@ -53,6 +62,21 @@ bench: install
 
 tinygpt: install
 	$(PY) -m glassbox.tinygpt.train
+
+# The course's OpenAI-compatible provider, e.g. for a class:
+#   make provider ARGS="--model tinygpt --host 0.0.0.0 --keys-file keys.txt --rpm 60"
+# (all flags: .venv/bin/python -m glassbox.provider --help)
+provider: install
+	$(PY) -m glassbox.provider $(ARGS)
+
+colab: install
+	$(PY) scripts/stamp_colab.py
+
+test-browser: install
+	GLASSBOX_BROWSER_TESTS=1 $(PY) -m pytest tests/browser
+
+book: install
+	$(PY) scripts/build_book.py --out build/book
 
 clean:
 	rm -rf build .bench

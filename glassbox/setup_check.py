@@ -38,22 +38,27 @@ class PackageCheck:
     name: str
     pinned: str
     installed: str | None
+    colabs_own: bool = False
 
     @property
     def ok(self) -> bool:
-        """True when the installed version is the pinned one.
+        """True when the installed version is the pinned one (or, in Colab, Colab's own build).
 
         A local build label after ``+`` is ignored unless the pin names one, as pip does:
         the pin ``torch==2.13.0`` is met by ``2.13.0+cpu``.
         """
         if self.installed is None:
             return False
+        if self.colabs_own:
+            return True
         if "+" in self.pinned:
             return self.installed == self.pinned
         return self.installed.split("+")[0] == self.pinned
 
     def line(self) -> str:
         """One line of the report, e.g. ``[OK]   torch 2.13.0``."""
+        if self.ok and self.colabs_own:
+            return f"[OK]   {self.name} {self.installed} (Colab's own build, kept on purpose; the course pins {self.pinned})"
         if self.ok:
             return f"[OK]   {self.name} {self.pinned}"
         if self.installed is None:
@@ -119,11 +124,27 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def in_colab() -> bool:
+    """True inside a Google Colab kernel."""
+    return "google.colab" in sys.modules
+
+
 def check_packages(pins: Mapping[str, str] | None = None) -> list[PackageCheck]:
-    """Compare every pinned package with the installed one (``pins`` defaults to the course's)."""
+    """Compare every pinned package with the installed one (``pins`` defaults to the course's).
+
+    In Colab the set-up cell (``glassbox.colab_setup``) keeps Colab's own torch, numpy and a
+    few others, and skips the maintainers' tools, so those are checked the same way here.
+    """
+    kept: frozenset[str] = frozenset()
     if pins is None:
         pins = pinned_versions()
-    return [PackageCheck(name, version, installed_version(name)) for name, version in pins.items()]
+        if in_colab():
+            from glassbox.colab_setup import KEEP_COLABS_OWN, NOT_NEEDED_IN_COLAB
+
+            pins = {name: version for name, version in pins.items() if name not in NOT_NEEDED_IN_COLAB}
+            kept = KEEP_COLABS_OWN
+    return [PackageCheck(name, version, installed_version(name), colabs_own=name in kept)
+            for name, version in pins.items()]
 
 
 def fix_packages_advice() -> str:

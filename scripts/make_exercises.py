@@ -17,7 +17,8 @@ The generated exercise notebook keeps everything, except that:
   cleared, with their execution counts;
 * every check cell that follows a stubbed solution cell is tagged ``raises-exception``:
   it calls the learner's function, so it is the cell that raises NotImplementedError
-  until the exercise is done (nbval tolerates it; tests/test_exercises.py verifies it).
+  until the exercise is done (nbval tolerates it; tests/test_exercises.py verifies it);
+* a Colab badge (scripts/stamp_colab.py) points at the exercise notebook, not the solutions.
 
 Rules the solutions notebook must follow (the script stops with a message otherwise):
 solution regions sit inside a function body (indented), in code cells marked as nbgrader
@@ -40,6 +41,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+
+from glassbox.colab_stamp import restamp_if_stamped
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SOLUTIONS_DIR = REPO_DIR / "solutions"
@@ -154,9 +157,14 @@ def exercise_path(solution_path: Path) -> Path:
 
 
 def build(solution_path: Path) -> str:
-    """Read a solutions notebook and return the text of its exercise notebook."""
+    """Read a solutions notebook and return the text of its exercise notebook.
+
+    A Colab stamp (badge and set-up cell, scripts/stamp_colab.py) is kept, with the badge
+    pointing at the exercise notebook: stamping then generating equals generating then stamping.
+    """
     solution = nbformat.read(solution_path, as_version=4)
-    return render(generate(solution, name=solution_path.name))
+    exercise = generate(solution, name=solution_path.name)
+    return render(restamp_if_stamped(exercise, f"{EXERCISES_DIR.name}/{solution_path.name}"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,3 +97,24 @@ def test_model_report_names_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
     report = setup_check.model_report()
     assert "Model: gpt2-untrained" in report
     assert "GLASSBOX_MODEL=gpt2-untrained" in report
+
+
+def test_in_colab_the_kept_packages_and_missing_tools_are_not_failures(monkeypatch) -> None:
+    import sys
+    import types
+
+    from glassbox import setup_check
+    from glassbox.colab_setup import KEEP_COLABS_OWN, NOT_NEEDED_IN_COLAB
+
+    pins = setup_check.pinned_versions()
+    installed = {name: ("9.9.9+colab" if name in KEEP_COLABS_OWN else version) for name, version in pins.items()
+                 if name not in NOT_NEEDED_IN_COLAB}
+    monkeypatch.setattr(setup_check, "installed_version", installed.get)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    checks = setup_check.check_packages()
+    assert all(check.ok for check in checks), [c.line() for c in checks if not c.ok]
+    assert not {check.name for check in checks} & NOT_NEEDED_IN_COLAB
+    assert "Colab's own build" in next(c.line() for c in checks if c.name == "torch")
+    monkeypatch.delitem(sys.modules, "google.colab")
+    outside = setup_check.check_packages()  # the same packages outside Colab: the missing tools fail
+    assert {check.name for check in outside if not check.ok} == set(NOT_NEEDED_IN_COLAB) | set(KEEP_COLABS_OWN)
