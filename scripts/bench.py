@@ -15,6 +15,10 @@ case, which the loader cuts off after 3 s.
 
 Each run is saved to ``.bench/last_<model>.json``; the next run for the same model
 shows those figures beside its own, with the differences.
+
+When no notebook is named (``make bench``), the provider's benchmark follows
+(``scripts/bench_provider.py``: its overhead, a class of 30 clients, the chapters'
+workloads); ``--no-provider`` skips it.
 """
 
 from __future__ import annotations
@@ -236,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     """Benchmark the notebooks; print the table; return 1 if a notebook failed."""
     parser = argparse.ArgumentParser(description="Time every notebook and measure its kernel's peak memory.")
     parser.add_argument("notebooks", nargs="*", type=Path, help="only these notebooks (default: all)")
+    parser.add_argument("--no-provider", action="store_true",
+                        help="skip the provider's benchmark (it runs after the notebooks when no notebook is named)")
     args = parser.parse_args(argv)
 
     apply_quiet_env()
@@ -266,7 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     if previous:
         print(f"before: the run saved on {previous[1]} in {shown(saved_path(model))}.")
     print(f"Saved this run to {shown(save(model, rows, fallbacks))}.")
-    return 1 if any(row.note == "FAILED" for row in rows) else 0
+    failed = any(row.note == "FAILED" for row in rows)
+    if not args.notebooks and not args.no_provider:
+        from bench_provider import run as bench_provider
+
+        try:
+            bench_provider()
+        except Exception as error:  # noqa: BLE001 - reported; the notebook tables above still stand
+            print(f"The provider benchmark failed: {type(error).__name__}: {error}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
