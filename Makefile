@@ -22,6 +22,7 @@ help:
 	@echo "make tinygpt    retrain TinyGPT from scratch (about 10 minutes on 2 CPU cores)"
 	@echo "make colab      stamp the Colab badge and set-up cell into every notebook (URL: glassbox/course_url.py)"
 	@echo "make test-browser  run every lesson in a real JupyterLab in headless Chromium; screenshots in build/screenshots/"
+	@echo "make provider   start the course's provider for a class (ARGS=\"--host 0.0.0.0 --keys-file keys.txt\")"
 	@echo "make book       build the rendered course from the stored outputs into build/book/ (offline)"
 
 $(STAMP): requirements.txt pyproject.toml
