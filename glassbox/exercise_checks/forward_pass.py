@@ -1,0 +1,833 @@
+"""Checks for chapter 04, "Following a forward pass", and the reference they use.
+
+The reference is GPT-2's forward pass written from the raw ``state_dict`` tensors
+(:func:`reference_forward` and its parts). It is the one copy the checks use;
+tests/test_forward_pass_reimplementation.py holds it, and the lesson's own readable
+version, to transformers' logits within 1e-4.
+
+Every part takes a :class:`Variant`. Its defaults compute GPT-2 exactly; each other
+value is one of the usual mistakes (the Conv1D transpose, a missing 1/sqrt(d_head),
+a causal mask off by one, the LayerNorm epsilon, unbiased variance, exact GELU instead
+of GPT-2's tanh approximation, a forgotten residual or ``ln_f``...). A check computes
+the learner's output under each mistake from the loaded model's own weights, so it can
+say which mistake an answer matches, for whichever model is loaded. Mistakes are only
+computed once an answer has failed, so a right answer costs one reference pass.
+
+Each ``check_*`` function takes the learner's function, the loaded model and the
+tokenizer. Ground truth comes from the model itself (its modules and its logits);
+the reference reimplementation is used for the mistakes and for inputs the model
+cannot be run on (a modified state dict).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from glassbox.exercise_checks.feedback import (
+    call_learner,
+    check_tensor,
+    fail,
+    passed,
+)
+
+__all__ = [
+    "CHECK_PROMPT",
+    "NEXT_TOKEN_PROMPT",
+    "Variant",
+    "check_attention_head",
+    "check_gpt2_forward",
+    "check_layer_norm",
+    "check_next_token_probs",
+    "check_transformer_block",
+    "reference_attention_head",
+    "reference_block",
+    "reference_forward",
+    "reference_layer_norm",
+    "reference_next_token_probs",
+]
+
+#: The prompt the checks run (it fits TinyGPT's grammar, see glassbox/tinygpt/corpus.py).
+CHECK_PROMPT = "<|endoftext|>The cat ran to the garden. Mia found a red ball"
+#: The prompt whose next-token distribution the sampling exercise uses.
+NEXT_TOKEN_PROMPT = "<|endoftext|>It was a sunny day in the village. The nurse"
+
+Mistakes = Callable[[], Iterable[tuple[torch.Tensor, str]]]
+
+_SHAPE_ERROR_HINT = (
+    "A shape error inside a matrix product usually means a transposed weight. Hugging Face's "
+    "Conv1D stores its weight as (in, out), so a layer is x @ W + b, with no .T "
+    "(nn.Linear's convention, W of shape (out, in), is the other way round)."
+)
+_LEARNER_HINTS: dict[type[BaseException], str] = {RuntimeError: _SHAPE_ERROR_HINT}
+
+
+# --------------------------------------------------------------------------- the reference
+
+@dataclass(frozen=True)
+class Variant:
+    """How to compute GPT-2's forward pass. The defaults are GPT-2's; each other value is a mistake.
+
+    Attributes:
+        transpose_weights: multiply by ``W.T`` (nn.Linear's convention) instead of Conv1D's ``W``;
+            only square weights (``attn.c_proj``) run at all that way.
+        scale: ``"sqrt"`` divides the scores by sqrt(d_head); ``"none"`` and ``"d_head"`` are mistakes.
+        mask: ``"causal"`` lets position i see j <= i; ``"strict"`` excludes the diagonal (j < i),
+            ``"one_ahead"`` also lets it see i + 1, ``"none"`` sees everything, ``"after_softmax"``
+            zeroes the future after the softmax without renormalising.
+        mask_fill: the value written into masked scores (``-inf``; a large negative number is as good).
+        softmax_dim: ``-1`` normalises over keys (right); ``-2`` over queries.
+        swap_qk: scores as k @ q.T instead of q @ k.T.
+        split: ``"qkv_then_heads"`` (right: cut [q | k | v] first, then heads) or ``"heads_then_qkv"``.
+        qkv_bias: add ``c_attn``'s bias.
+        eps: LayerNorm epsilon; ``None`` uses the config's (or the argument's).
+        eps_outside_sqrt: divide by sqrt(var) + eps instead of sqrt(var + eps).
+        unbiased: divide the variance by n - 1 instead of n.
+        ln_axis: the axis LayerNorm normalises (``-1``, features; ``0`` is the sequence: a mistake).
+        ln_affine: apply LayerNorm's weight and bias.
+        activation: ``"gelu_new"`` (GPT-2's tanh approximation), ``"gelu"`` (exact, erf) or ``"relu"``.
+        attn_residual, mlp_residual: add the sublayer's output to the residual stream.
+        post_norm: normalise after adding (the original Transformer), not before each sublayer.
+        positions: ``"arange"`` adds wpe[0..seq-1]; ``"none"`` and ``"shifted"`` (1..seq) are mistakes.
+        ln_f: apply the final LayerNorm before the head.
+    """
+
+    transpose_weights: bool = False
+    scale: str = "sqrt"
+    mask: str = "causal"
+    mask_fill: float = float("-inf")
+    softmax_dim: int = -1
+    swap_qk: bool = False
+    split: str = "qkv_then_heads"
+    qkv_bias: bool = True
+    eps: float | None = None
+    eps_outside_sqrt: bool = False
+    unbiased: bool = False
+    ln_axis: int = -1
+    ln_affine: bool = True
+    activation: str = "gelu_new"
+    attn_residual: bool = True
+    mlp_residual: bool = True
+    post_norm: bool = False
+    positions: str = "arange"
+    ln_f: bool = True
+
+
+CORRECT = Variant()
+
+
+def reference_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                         variant: Variant = CORRECT) -> torch.Tensor:
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias (biased var)."""
+    eps = eps if variant.eps is None else variant.eps
+    axis = variant.ln_axis
+    mean = x.mean(axis, keepdim=True)
+    var = x.var(axis, keepdim=True, unbiased=variant.unbiased)
+    if variant.eps_outside_sqrt:
+        normed = (x - mean) / (torch.sqrt(var) + eps)
+    else:
+        normed = (x - mean) / torch.sqrt(var + eps)
+    return normed * weight + bias if variant.ln_affine else normed
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            variant: Variant) -> torch.Tensor:
+    """A Conv1D layer: x @ W + b, W stored as (in, out)."""
+    w = weight.T if variant.transpose_weights and weight.shape[0] == weight.shape[1] else weight
+    return x @ w + bias if bias is not None else x @ w
+
+
+def _activation(x: torch.Tensor, variant: Variant) -> torch.Tensor:
+    if variant.activation == "gelu_new":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+    if variant.activation == "gelu":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    if variant.activation == "relu":
+        return torch.relu(x)
+    raise ValueError(f"unknown activation {variant.activation!r}")
+
+
+def _qkv_heads(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, n_head: int,
+               variant: Variant) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of every head, each (n_head, seq, d_head)."""
+    seq, d_model = x.shape
+    d_head = d_model // n_head
+    qkv = _linear(x, w_qkv, b_qkv if variant.qkv_bias else None, variant)
+    if variant.split == "heads_then_qkv":
+        q, k, v = qkv.reshape(seq, n_head, 3 * d_head).split(d_head, dim=-1)
+        return tuple(t.transpose(0, 1) for t in (q, k, v))
+    q, k, v = qkv.split(d_model, dim=-1)
+    return tuple(t.reshape(seq, n_head, d_head).transpose(0, 1) for t in (q, k, v))
+
+
+def _patterns(q: torch.Tensor, k: torch.Tensor, variant: Variant) -> torch.Tensor:
+    """Attention patterns (..., seq, seq): row i holds how much position i reads each position."""
+    d_head, seq = q.shape[-1], q.shape[-2]
+    scores = (k @ q.transpose(-2, -1)) if variant.swap_qk else (q @ k.transpose(-2, -1))
+    if variant.scale == "sqrt":
+        scores = scores / math.sqrt(d_head)
+    elif variant.scale == "d_head":
+        scores = scores / d_head
+    allowed_offset = {"causal": 0, "strict": -1, "one_ahead": 1}.get(variant.mask)
+    if allowed_offset is not None:  # future[i, j] is True where j - i > allowed_offset
+        future = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=allowed_offset + 1)
+        scores = scores.masked_fill(future, variant.mask_fill)
+    pattern = scores.softmax(dim=variant.softmax_dim)
+    if variant.mask == "after_softmax":
+        pattern = pattern.masked_fill(torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1), 0.0)
+    return pattern
+
+
+def reference_attention_head(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
+                             n_head: int, head: int, variant: Variant = CORRECT
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One head of GPT-2's attention on ``x`` (seq, d_model), already normalised by ln_1.
+
+    Returns ``(pattern, z)``: the (seq, seq) attention pattern and the head's output
+    z = pattern @ v, of shape (seq, d_head).
+    """
+    q, k, v = _qkv_heads(x, w_qkv, b_qkv, n_head, variant)
+    pattern = _patterns(q[head], k[head], variant)
+    return pattern, pattern @ v[head]
+
+
+def _attention(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str, n_head: int,
+               variant: Variant) -> torch.Tensor:
+    seq, d_model = x.shape
+    q, k, v = _qkv_heads(x, sd[prefix + "attn.c_attn.weight"], sd[prefix + "attn.c_attn.bias"],
+                         n_head, variant)
+    z = (_patterns(q, k, variant) @ v).transpose(0, 1).reshape(seq, d_model)
+    return _linear(z, sd[prefix + "attn.c_proj.weight"], sd[prefix + "attn.c_proj.bias"], variant)
+
+
+def _mlp(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str,
+         variant: Variant) -> torch.Tensor:
+    hidden = _activation(_linear(x, sd[prefix + "mlp.c_fc.weight"], sd[prefix + "mlp.c_fc.bias"],
+                                 variant), variant)
+    return _linear(hidden, sd[prefix + "mlp.c_proj.weight"], sd[prefix + "mlp.c_proj.bias"], variant)
+
+
+def reference_block(x: torch.Tensor, sd: Mapping[str, torch.Tensor], layer: int, config: Any,
+                    variant: Variant = CORRECT) -> torch.Tensor:
+    """Block ``layer`` of GPT-2 on the residual stream ``x`` (seq, d_model); returns the new stream."""
+    prefix = f"transformer.h.{layer}."
+    eps = config.layer_norm_epsilon
+
+    def ln(name: str, t: torch.Tensor) -> torch.Tensor:
+        return reference_layer_norm(t, sd[prefix + name + ".weight"], sd[prefix + name + ".bias"],
+                                    eps, variant)
+
+    if variant.post_norm:
+        x = ln("ln_1", x + _attention(x, sd, prefix, config.n_head, variant))
+        return ln("ln_2", x + _mlp(x, sd, prefix, variant))
+    attn_out = _attention(ln("ln_1", x), sd, prefix, config.n_head, variant)
+    x = x + attn_out if variant.attn_residual else attn_out
+    mlp_out = _mlp(ln("ln_2", x), sd, prefix, variant)
+    return x + mlp_out if variant.mlp_residual else mlp_out
+
+
+def reference_forward(input_ids: torch.Tensor, sd: Mapping[str, torch.Tensor], config: Any,
+                      variant: Variant = CORRECT) -> torch.Tensor:
+    """GPT-2's logits (seq, vocab) for a 1-D tensor of token ids, from the state_dict alone.
+
+    The output layer is the token embedding (tied), so ``sd`` need not hold ``lm_head.weight``.
+    """
+    ids = torch.as_tensor(input_ids).reshape(-1)
+    seq = ids.shape[0]
+    wte = sd["transformer.wte.weight"]
+    x = wte[ids]
+    if variant.positions == "arange":
+        x = x + sd["transformer.wpe.weight"][:seq]
+    elif variant.positions == "shifted":
+        x = x + sd["transformer.wpe.weight"][1:seq + 1]
+    for layer in range(config.n_layer):
+        x = reference_block(x, sd, layer, config, variant)
+    if variant.ln_f:
+        x = reference_layer_norm(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"],
+                                 config.layer_norm_epsilon, variant)
+    return x @ wte.T
+
+
+def reference_next_token_probs(logits: torch.Tensor, temperature: float = 1.0,
+                               top_k: int | None = None) -> torch.Tensor:
+    """Sampling probabilities: softmax(logits / temperature), keeping only the top_k largest."""
+    scaled = logits / temperature
+    if top_k is not None:
+        kth = scaled.topk(top_k).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    return scaled.softmax(dim=-1)
+
+
+# --------------------------------------------------------------------------- the mistakes
+
+def _attention_mistakes() -> list[tuple[Variant, str]]:
+    """The usual mistakes inside one attention head, each as the Variant that makes it."""
+    return [
+        (Variant(scale="none"), "This is what you get without the 1/sqrt(d_head) scaling: divide "
+                                "the scores q @ k.T by math.sqrt(d_head) before the softmax."),
+        (Variant(scale="d_head"), "You divided the scores by d_head; GPT-2 divides by its square "
+                                  "root, math.sqrt(d_head)."),
+        (Variant(mask="none"), "No causal mask: every position also reads the positions after "
+                               "it (the future). Set the scores where j > i to -inf before the "
+                               "softmax."),
+        (Variant(mask="one_ahead"), "The mask is off by one: each position can still see the "
+                                    "next one. torch.triu(..., diagonal=1) marks exactly the "
+                                    "future (j > i)."),
+        (Variant(mask="strict", mask_fill=-1e9), "The mask is off by one: it also hides the "
+                                                 "diagonal, so a position cannot read itself. "
+                                                 "Mask j > i only: torch.triu(..., diagonal=1)."),
+        (Variant(mask="strict"), "The mask is off by one: it also hides the diagonal, so the first "
+                                 "position has nothing left to read and its softmax is NaN. Mask "
+                                 "j > i only: torch.triu(..., diagonal=1)."),
+        (Variant(mask="after_softmax"), "You zeroed the future after the softmax, so the rows no "
+                                        "longer sum to 1. Mask the scores with -inf before the "
+                                        "softmax instead."),
+        (Variant(softmax_dim=-2), "The softmax runs over the wrong axis: each row (one query) "
+                                  "must sum to 1, so use softmax(dim=-1)."),
+        (Variant(swap_qk=True), "You computed k @ q.T: the pattern is transposed. Row i is query "
+                                "i, so the scores are q @ k.T."),
+        (Variant(split="heads_then_qkv"), "c_attn's output is [q | k | v] along the last axis: "
+                                          "split it into q, k and v first, then cut each into "
+                                          "heads."),
+        (Variant(qkv_bias=False), "You forgot c_attn's bias: queries, keys and values are "
+                                  "x @ W + b."),
+    ]
+
+
+def _block_mistakes() -> list[tuple[Variant, str]]:
+    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's, LayerNorm's."""
+    return [
+        (Variant(transpose_weights=True),
+         "This is what you get with attn.c_proj's weight transposed. Conv1D stores its weight as "
+         "(in, out): the layer is x @ W + b, no .T. A square weight raises no shape error when "
+         "transposed, so nothing warns you."),
+        *_attention_mistakes(),
+        (Variant(activation="gelu"), "This is the exact GELU (erf); GPT-2 uses the tanh "
+                                     "approximation, 'gelu_new': 0.5 * x * (1 + tanh(sqrt(2/pi) "
+                                     "* (x + 0.044715 * x**3))), or F.gelu(x, approximate='tanh')."),
+        (Variant(activation="relu"), "This is ReLU; GPT-2's MLP uses GELU (the tanh "
+                                     "approximation)."),
+        (Variant(attn_residual=False), "You forgot the residual around attention: the block adds "
+                                       "attention's output to its input, x = x + attn(ln_1(x))."),
+        (Variant(mlp_residual=False), "You forgot the residual around the MLP: x = x + "
+                                      "mlp(ln_2(x))."),
+        (Variant(attn_residual=False, mlp_residual=False),
+         "You forgot both residual connections: x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))."),
+        (Variant(post_norm=True), "You normalised after adding (the original Transformer's "
+                                  "post-norm); GPT-2 normalises the input of each sublayer: "
+                                  "x + attn(ln_1(x))."),
+        (Variant(unbiased=True), "LayerNorm uses the biased variance (divide by n, not n - 1): "
+                                 "x.var(-1, unbiased=False, keepdim=True)."),
+        (Variant(eps_outside_sqrt=True), "The LayerNorm epsilon goes inside the square root: "
+                                         "sqrt(var + eps), not sqrt(var) + eps."),
+        (Variant(eps=0.0), "You left out the LayerNorm epsilon: divide by sqrt(var + eps) with "
+                           "eps = config.layer_norm_epsilon."),
+    ]
+
+
+def _eps_mistakes(eps: float) -> list[tuple[Variant, str]]:
+    out = []
+    for other in (0.0, 1e-12, 1e-8, 1e-6, 1e-5, 1e-3):
+        if not math.isclose(other, eps, rel_tol=1e-9, abs_tol=0.0):
+            what = "no epsilon at all (eps = 0)" if other == 0 else f"eps = {other:g}"
+            out.append((Variant(eps=other), f"This is LayerNorm with {what}; use the eps you were "
+                                            f"given ({eps:g} here)."))
+    return out
+
+
+# --------------------------------------------------------------------------- comparisons
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
+    """Same shape and |a - b| <= atol + rtol * |b| everywhere; NaN equals NaN, inf equals inf.
+
+    NaN counts as equal because a mistake can produce NaN in the same places as the answer.
+    (Written out because torch.allclose is slow on large tensors in this torch version.)
+    """
+    if a.shape != b.shape:
+        return False
+    ok = (a - b).abs() <= atol + rtol * b.abs()
+    ok |= torch.isnan(a) & torch.isnan(b)
+    ok |= torch.isinf(a) & (a == b)
+    return bool(ok.all())
+
+
+def _share_matching(got: torch.Tensor, expected: torch.Tensor, rtol: float,
+                    atol: float) -> tuple[float, float]:
+    """The share of values within tolerance and the largest finite difference."""
+    match = torch.isclose(got, expected, rtol=rtol, atol=atol)
+    diff = (got - expected).abs()
+    finite = diff[torch.isfinite(diff)]
+    return float(match.float().mean()), float(finite.max()) if finite.numel() else float("nan")
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that never rounds a mismatch up to 100% (or a match down to 0%)."""
+    if 0.99 < share < 1.0 or 0.0 < share < 0.01:
+        return f"{share:.2%}"
+    return f"{share:.0%}"
+
+
+def _compare(got: Any, expected: torch.Tensor, name: str, *, mistakes: Mistakes = lambda: (),
+             rtol: float = 1e-4, atol: float = 1e-5, hint: str | None = None) -> None:
+    """Compare a learner's tensor with the reference, naming a known mistake if it matches one.
+
+    None, non-tensors, integer dtypes, NaN and shapes get check_tensor's specific messages;
+    an extra or a missing leading axis gets its own. For a same-shaped floating tensor that
+    is wrong, the mistakes are computed (only then) and the message reports the share of
+    values that match.
+    """
+    if isinstance(got, nn.Parameter):
+        got = got.data
+    if isinstance(got, torch.Tensor) and got.is_floating_point() and got.shape == expected.shape:
+        got = got.detach().to(expected.dtype)
+        if _close(got, expected, rtol, atol):
+            return
+        share, largest = _share_matching(got, expected, rtol, atol)
+        matched = list(dict.fromkeys(
+            mistake_hint for alternative, mistake_hint in mistakes()
+            if _close(got, alternative.to(got.dtype), rtol, atol)))
+        head = (f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(share)} of "
+                f"its values match the reference (largest difference {largest:.3g}).")
+        if len(matched) == 1:
+            fail(f"{head} They match a usual mistake.", matched[0])
+        if matched:  # on this input the numbers cannot tell these mistakes apart
+            listed = " Or: ".join(matched[:3])
+            fail(f"{head} They match {len(matched)} usual mistakes, which give the same numbers "
+                 "here.", listed)
+    if isinstance(got, torch.Tensor):
+        shape, want = tuple(got.shape), tuple(expected.shape)
+        if len(shape) == len(want) + 1 and shape[0] == 1 and shape[1:] == want:
+            fail(f"{name} has shape {shape}, expected {want}: an extra leading axis of size 1 "
+                 "(a batch axis).", "Work on one sequence without a batch axis, or return "
+                                    "result[0] (or .squeeze(0)).")
+        if len(shape) == len(want) - 1 and shape == want[1:]:
+            fail(f"{name} has shape {shape}, expected {want}: the first axis, one entry per "
+                 "position, is missing, as if you kept only one position.",
+                 "Return the values for every position, e.g. don't index [-1] at the end.")
+    check_tensor(got, expected, name, rtol=rtol, atol=atol, hint=hint)
+
+
+def _mistake_outputs(compute: Callable[[Variant], torch.Tensor],
+                     mistakes: list[tuple[Variant, str]]) -> Mistakes:
+    """A lazy list of (output under the mistake, hint) pairs; a mistake that cannot run is skipped."""
+    def generate() -> Iterable[tuple[torch.Tensor, str]]:
+        for variant, hint in mistakes:
+            with torch.no_grad():
+                try:
+                    yield compute(variant), hint
+                except RuntimeError:
+                    continue
+    return generate
+
+
+def _prompt_ids(tokenizer: Any, model: nn.Module, prompt: str = CHECK_PROMPT) -> torch.Tensor:
+    ids = torch.tensor(tokenizer.encode(prompt), dtype=torch.long)
+    if int(ids.max()) >= model.config.vocab_size:
+        raise ValueError("the tokenizer does not fit this model's vocabulary")
+    return ids[: model.config.n_positions]
+
+
+@dataclass
+class _Run:
+    """What the model's own modules computed for one prompt, captured with forward hooks."""
+
+    streams: list[torch.Tensor]       # the residual stream entering each block, then leaving the last
+    attention_out: list[torch.Tensor]  # each block's attention output (after c_proj)
+    logits: torch.Tensor              # (seq, vocab)
+
+
+def _run_model(model: nn.Module, ids: torch.Tensor) -> _Run:
+    """Run the model once on ``ids`` and capture its intermediate values (no reimplementation)."""
+    streams: list[torch.Tensor] = []
+    attention_out: list[torch.Tensor] = []
+
+    def keep_input(module: nn.Module, args: tuple[Any, ...]) -> None:
+        streams.append(args[0][0].detach())
+
+    def keep_attention(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        attention_out.append(out[0].detach())
+
+    hooks = [block.register_forward_pre_hook(keep_input) for block in model.transformer.h]
+    hooks.append(model.transformer.ln_f.register_forward_pre_hook(keep_input))
+    hooks += [block.attn.register_forward_hook(keep_attention) for block in model.transformer.h]
+    try:
+        with torch.no_grad():
+            logits = model(ids[None]).logits[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return _Run(streams, attention_out, logits)
+
+
+def _call_unchanged(fn: Callable[..., Any], name: str, args: tuple[Any, ...],
+                    protect: tuple[torch.Tensor, ...]) -> Any:
+    """Call the learner's function; fail clearly if it changed one of ``protect`` in place."""
+    before = [t.clone() for t in protect]
+    result = call_learner(fn, *args, name=name, hints=_LEARNER_HINTS)
+    for t, b in zip(protect, before):
+        if not torch.equal(t, b):
+            fail(f"{name} changed one of its input tensors in place.",
+                 "Compute new tensors (x - mean, not x -= mean; no .sub_(), .mul_() or "
+                 "[...] = ... on the inputs). If it changed a weight, run the set-up cell "
+                 "again to reload the model.")
+    return result
+
+
+def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _perturbed_state(sd: Mapping[str, torch.Tensor], layers: Iterable[int],
+                     final: bool = False) -> dict[str, torch.Tensor]:
+    """A shallow copy of ``sd`` with a few small tensors changed (no large copy).
+
+    Running a function on it tells whether the function reads the state dict it is
+    given or the loaded model.
+    """
+    out = dict(sd)
+    gen = torch.Generator().manual_seed(4)
+    names = [f"transformer.h.{layer}.{part}" for layer in layers
+             for part in ("ln_1.bias", "attn.c_proj.bias", "ln_2.weight", "mlp.c_proj.bias")]
+    if final:
+        names += ["transformer.ln_f.bias", "transformer.wpe.weight"]
+    for name in names:
+        t = sd[name]
+        out[name] = t + 0.5 * t.abs().mean().clamp_min(0.05) * torch.randn(t.shape, generator=gen)
+    return out
+
+
+# --------------------------------------------------------------------------- exercise 1
+
+def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
+    """Check ``layer_norm(x, weight, bias, eps)`` against the model's own LayerNorm modules.
+
+    Inputs: the residual stream entering block 0 (ln_1 of block 0); rows whose variance is
+    about eps, where the epsilon matters (ln_2 of the last block); a constant row (variance 0);
+    and the same rows with another eps, to see that the argument is used.
+    """
+    ids = _prompt_ids(tokenizer, model)
+    streams = _run_model(model, ids).streams
+    d = model.config.n_embd
+    gen = torch.Generator().manual_seed(0)
+    first, last = model.transformer.h[0].ln_1, model.transformer.h[-1].ln_2
+    eps = float(first.eps)
+    small = math.sqrt(eps) * torch.randn(6, d, generator=gen)
+    constant = torch.cat([small[:3], torch.full((1, d), 0.25)])
+    other_eps = 1e-3 if not math.isclose(eps, 1e-3) else 1e-2
+    # The rows of small variance come first: there the epsilon's mistakes differ clearly.
+    cases = [
+        ("rows with a variance close to eps, with ln_2 of the last block", small, last, eps),
+        ("rows including a constant one (variance 0)", constant, last, eps),
+        (f"the rows of variance about {eps:g} with eps={other_eps:g}", small, last, other_eps),
+        ("the residual stream entering block 0, with ln_1 of block 0", streams[0], first, eps),
+    ]
+    for label, x, module, case_eps in cases:
+        weight, bias = module.weight.detach(), module.bias.detach()
+        with torch.no_grad():  # the model's own module, or the same LayerNorm with another eps
+            expected = (module(x) if case_eps == eps
+                        else nn.functional.layer_norm(x, (d,), weight, bias, case_eps))
+        x = x.clone()
+        with torch.no_grad():
+            got = _call_unchanged(layer_norm, "layer_norm", (x, weight, bias, case_eps),
+                                  protect=(x, weight, bias))
+
+        def ref(variant: Variant, x: torch.Tensor = x, weight: torch.Tensor = weight,
+                bias: torch.Tensor = bias, case_eps: float = case_eps) -> torch.Tensor:
+            return reference_layer_norm(x, weight, bias, case_eps, variant)
+
+        mistakes = [
+            (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
+                                     "(x.var(-1, unbiased=False, keepdim=True), or "
+                                     "((x - mean) ** 2).mean(-1, keepdim=True))."),
+            (Variant(eps_outside_sqrt=True), "The epsilon goes inside the square root: "
+                                             "sqrt(var + eps), not sqrt(var) + eps."),
+            *(_eps_mistakes(case_eps) if case_eps == eps else
+              [(Variant(eps=eps), f"Use the eps argument: this case passes eps={case_eps:g}, but "
+                                  f"your answer used {eps:g}.")]),
+            (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
+                                 "each position's vector over its features: axis -1."),
+            (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
+                                       "multiply by weight, then add bias."),
+        ]
+        swapped = (reference_layer_norm(x, bias, weight, case_eps),
+                   "You swapped weight and bias: normalised * weight + bias.")
+        no_bias = (reference_layer_norm(x, weight, torch.zeros_like(bias), case_eps),
+                   "You forgot to add the bias.")
+        generated = _mistake_outputs(ref, mistakes)
+        _compare(got, expected, f"layer_norm on {label}",
+                 mistakes=lambda g=generated, extra=(swapped, no_bias): [*g(), *extra],
+                 rtol=1e-4, atol=1e-4,
+                 hint="(x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased "
+                      "variance taken over the last axis (keepdim=True).")
+    passed("layer_norm: matches the model's LayerNorm on the residual stream, on rows of "
+           "variance near eps and on a constant row, and uses the eps it is given.")
+
+
+# --------------------------------------------------------------------------- exercise 2
+
+def _head_cases(model: nn.Module, run: _Run) -> list[tuple[str, int, int, torch.Tensor]]:
+    """(label, layer, head, input) for the head checks: ln_1 of the stream entering the block."""
+    streams = run.streams
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    picks = [(0, n_head - 1), (n_layer - 1, min(1, n_head - 1))]
+    cases = []
+    for layer, head in dict.fromkeys(picks):
+        with torch.no_grad():
+            x = model.transformer.h[layer].ln_1(streams[layer])
+        cases.append((f"layer {layer}, head {head}", layer, head, x))
+    return cases
+
+
+def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
+                         tokenizer: Any) -> None:
+    """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``.
+
+    ``x`` is ln_1 of the residual stream entering a block, for the check prompt. The
+    reference is computed from the block's own c_attn weights; the head outputs of all
+    heads, put through c_proj, are checked against the block's attention module.
+    """
+    ids = _prompt_ids(tokenizer, model)
+    n_head = model.config.n_head
+    d_head = model.config.n_embd // n_head
+    seq = len(ids)
+    run = _run_model(model, ids)
+    for label, layer, head, x in _head_cases(model, run):
+        attn = model.transformer.h[layer].attn
+        w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
+        with torch.no_grad():
+            pattern, z = reference_attention_head(x, w, b, n_head, head)
+        with torch.no_grad():
+            got = _call_unchanged(attention_head, "attention_head", (x, w, b, n_head, head),
+                                  protect=(x, w, b))
+        if isinstance(got, torch.Tensor):
+            fail(f"attention_head returned one tensor of shape {tuple(got.shape)}; expected a "
+                 "tuple (pattern, z).", "End with `return pattern, z`.")
+        if got is None:
+            fail("attention_head returned None.", "Did you forget `return pattern, z`?")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            length = len(got) if hasattr(got, "__len__") else "?"
+            fail(f"attention_head should return a tuple (pattern, z), got {type(got).__name__} "
+                 f"of length {length}.", "End with `return pattern, z`.")
+        got_pattern, got_z = got
+
+        def ref(variant: Variant, x: torch.Tensor = x, w: torch.Tensor = w,
+                b: torch.Tensor = b, head: int = head) -> torch.Tensor:
+            return reference_attention_head(x, w, b, n_head, head, variant)[0]
+
+        mistakes = _mistake_outputs(ref, _attention_mistakes())
+        _compare(got_pattern, pattern, f"the pattern for {label}", mistakes=mistakes,
+                 rtol=1e-4, atol=1e-6,
+                 hint="scores = q @ k.T / sqrt(d_head); set scores[i, j] = -inf where j > i; "
+                      "then softmax over the last axis.")
+        _compare(got_z, z, f"z for {label}",
+                 mistakes=lambda pattern=pattern, z=z, x=x, w=w, b=b, head=head: [
+                     (pattern.T @ _qkv_heads(x, w, b, n_head, CORRECT)[2][head],
+                      "You multiplied the transposed pattern with v: z = pattern @ v."),
+                     (_qkv_heads(x, w, b, n_head, CORRECT)[2][head],
+                      "This is v itself: the head's output is the pattern-weighted sum of the "
+                      "values, z = pattern @ v.")],
+                 hint="z = pattern @ v, with v the head's slice of the values: shape "
+                      f"({seq}, {d_head}).")
+    # Every head of one layer, then all of them through c_proj: the model's attention output.
+    label, layer, _, x = _head_cases(model, run)[0]
+    attn = model.transformer.h[layer].attn
+    w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
+    zs = []
+    for h in range(n_head):
+        with torch.no_grad():
+            got = _call_unchanged(attention_head, "attention_head", (x, w, b, n_head, h),
+                                  protect=(x, w, b))
+            expected_z = reference_attention_head(x, w, b, n_head, h)[1]
+        got_z = got[1] if isinstance(got, (tuple, list)) and len(got) == 2 else got
+        _compare(got_z, expected_z, f"z for layer {layer}, head {h}",
+                 hint=f"Head {h} owns columns {h * d_head} to {(h + 1) * d_head - 1} of q, k and v.")
+        zs.append(got_z.detach().to(expected_z.dtype))
+    with torch.no_grad():
+        combined = torch.cat(zs, dim=-1) @ attn.c_proj.weight + attn.c_proj.bias
+    truth = run.attention_out[layer]
+    _compare(combined, truth, f"all {n_head} heads of layer {layer} through c_proj",
+             hint="The heads' outputs, side by side in head order, then c_proj, should give the "
+                  "model's attention output.")
+    passed(f"attention_head: the causal pattern ({seq} x {seq}) and output ({seq} x {d_head}) "
+           f"match for two heads, and all {n_head} heads of layer {layer} together give the "
+           "model's own attention output.")
+
+
+# --------------------------------------------------------------------------- exercise 3
+
+# A correct block differs from the model's by about 1e-6; the exact GELU by about 5e-5.
+_BLOCK_RTOL, _BLOCK_ATOL = 1e-5, 1e-5
+
+
+def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Module,
+                            tokenizer: Any) -> None:
+    """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks.
+
+    The input is the residual stream entering the block and the expected output what the
+    model's own block returns (captured with hooks). A second run on a state dict with a few
+    tensors changed checks that the answer reads the state dict it is given.
+    """
+    ids = _prompt_ids(tokenizer, model)
+    streams = _run_model(model, ids).streams
+    sd = _model_state(model)
+    config = model.config
+    layers = list(dict.fromkeys([0, config.n_layer - 1]))
+    for layer in layers:
+        x, expected = streams[layer], streams[layer + 1]
+        with torch.no_grad():
+            got = _call_unchanged(transformer_block, "transformer_block", (x, sd, layer, config),
+                                  protect=(x,))
+        mistakes = _mistake_outputs(
+            lambda variant, x=x, layer=layer: reference_block(x, sd, layer, config, variant),
+            _block_mistakes())
+        _compare(got, expected, f"transformer_block(x, sd, {layer}, config)", mistakes=mistakes,
+                 rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
+                 hint="x = x + attention(ln_1(x)); x = x + mlp(ln_2(x)), every layer as "
+                      "x @ W + b with W read from sd.")
+    changed = _perturbed_state(sd, layers)
+    layer = layers[-1]
+    with torch.no_grad():
+        expected = reference_block(streams[layer], changed, layer, config)
+        got = call_learner(transformer_block, streams[layer], changed, layer, config,
+                           name="transformer_block", hints=_LEARNER_HINTS)
+    if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+            _close(got.detach().float(), streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
+        fail("transformer_block gives the loaded model's output even for a state dict whose "
+             "tensors were changed: it does not read the `sd` it is given.",
+             "Take every weight from sd, e.g. sd[f'transformer.h.{layer}.ln_1.weight'], not "
+             "from model.")
+    _compare(got, expected, f"transformer_block on a state dict with changed weights (layer "
+             f"{layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL, hint="Read every tensor from the sd argument.")
+    passed(f"transformer_block: matches the model's blocks {' and '.join(map(str, layers))} "
+           "and reads its weights from the state dict it is given.")
+
+
+# --------------------------------------------------------------------------- exercise 4
+
+_TIED_HINT = ("GPT-2's output layer is tied to the token embedding: logits = x @ wte.T with "
+              "sd['transformer.wte.weight']. GPT-2's own checkpoint files store no separate "
+              "lm_head.weight, and this check also runs your function on such a state dict.")
+
+
+# The lesson's target: logits within 1e-4 (plus 1e-5 relative, for trained GPT-2's large logits).
+_LOGITS_RTOL, _LOGITS_ATOL = 1e-5, 1e-4
+
+
+def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
+    """Check ``gpt2_forward(input_ids, sd, config) -> logits`` (seq, vocab) against the model.
+
+    Runs three times: on the model's state dict, on the same without ``lm_head.weight`` (as a
+    checkpoint file stores a tied model), and on a state dict with a few tensors changed,
+    compared with the reference reimplementation, to check the answer reads ``sd``.
+    """
+    ids = _prompt_ids(tokenizer, model)
+    sd = _model_state(model)
+    config = model.config
+    with torch.no_grad():
+        expected = model(ids[None]).logits[0]
+    mistakes = _mistake_outputs(
+        lambda variant: reference_forward(ids, sd, config, variant),
+        [(Variant(ln_f=False), "You forgot the final LayerNorm ln_f before the output layer."),
+         (Variant(positions="none"), "You forgot the position embeddings: x = wte[ids] + "
+                                     "wpe[0..seq-1]."),
+         (Variant(positions="shifted"), "The positions are off by one: the first token gets "
+                                        "wpe[0], so use torch.arange(seq)."),
+         *_block_mistakes()])
+
+    def extra_mistakes() -> Iterable[tuple[torch.Tensor, str]]:
+        yield expected.softmax(-1), "These are probabilities; return the logits, before any softmax."
+        yield expected.log_softmax(-1), "These are log-probabilities; return the raw logits."
+        yield from mistakes()
+
+    label = "gpt2_forward(input_ids, sd, config)"
+    with torch.no_grad():
+        got = call_learner(gpt2_forward, ids.clone(), sd, config, name="gpt2_forward",
+                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
+    if isinstance(got, torch.Tensor) and not got.is_floating_point() and got.shape == ids.shape:
+        fail(f"gpt2_forward returned {got.dtype} values of shape {tuple(got.shape)}: token ids, "
+             "one per position, probably from an argmax.",
+             f"Return the logits themselves, shape {tuple(expected.shape)}: one score for every "
+             "token of the vocabulary at every position.")
+    _compare(got, expected, label, mistakes=extra_mistakes, rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL,
+             hint="Embeddings plus positions, every block in order, ln_f, then x @ wte.T.")
+    largest = float((got.detach().to(expected.dtype) - expected).abs().max())
+    without_head = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    with torch.no_grad():
+        got = call_learner(gpt2_forward, ids.clone(), without_head, config, name="gpt2_forward",
+                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
+    _compare(got, expected, f"{label} for a state dict without lm_head.weight", rtol=_LOGITS_RTOL,
+             atol=_LOGITS_ATOL, hint=_TIED_HINT)
+    changed = _perturbed_state(sd, range(config.n_layer), final=True)
+    with torch.no_grad():
+        got = call_learner(gpt2_forward, ids.clone(), changed, config, name="gpt2_forward",
+                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
+        changed_expected = reference_forward(ids, changed, config)
+    if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+            _close(got.detach().float(), expected, _LOGITS_RTOL, _LOGITS_ATOL):
+        fail("gpt2_forward returns the loaded model's logits even for a state dict whose tensors "
+             "were changed: it does not read the `sd` it is given.",
+             "Compute everything from sd; do not call model(...).")
+    _compare(got, changed_expected, f"{label} on a state dict with changed weights", rtol=_LOGITS_RTOL,
+             atol=_LOGITS_ATOL, hint="Read every tensor from the sd argument.")
+    passed(f"gpt2_forward: the logits for {len(ids)} tokens match the model's (largest difference "
+           f"{largest:.1e}), also from a state dict without lm_head.weight, and follow the "
+           "state dict's weights when they change.")
+
+
+# --------------------------------------------------------------------------- exercise 5
+
+def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Module,
+                           tokenizer: Any) -> None:
+    """Check ``next_token_probs(logits, temperature, top_k)`` on the model's next-token logits.
+
+    The logits are the model's at the last position of NEXT_TOKEN_PROMPT; the cases cover
+    temperatures 1, 0.5 and 2, with and without top-k.
+    """
+    ids = _prompt_ids(tokenizer, model, NEXT_TOKEN_PROMPT)
+    with torch.no_grad():
+        logits = model(ids[None]).logits[0, -1]
+    for temperature, top_k in [(1.0, None), (0.5, None), (2.0, None), (1.0, 5), (0.7, 3)]:
+        with torch.no_grad():
+            got = call_learner(next_token_probs, logits.clone(), temperature, top_k,
+                               name="next_token_probs",
+                               hints={TypeError: "top_k can be None (keep every token) or an int."})
+        expected = reference_next_token_probs(logits, temperature, top_k)
+        label = f"next_token_probs(logits, temperature={temperature:g}, top_k={top_k})"
+
+        def mistakes(temperature: float = temperature, top_k: int | None = top_k
+                     ) -> Iterable[tuple[torch.Tensor, str]]:
+            yield (reference_next_token_probs(logits, 1 / temperature, top_k),
+                   "You multiplied the logits by the temperature; divide them by it: a high "
+                   "temperature flattens the distribution.")
+            yield (reference_next_token_probs(logits, 1.0, top_k),
+                   "The temperature has no effect in your answer: divide the logits by it "
+                   "before the softmax.")
+            yield (logits / temperature, "These are scaled logits: apply the softmax.")
+            yield (torch.log_softmax(logits / temperature, -1) if top_k is None else
+                   reference_next_token_probs(logits, temperature, top_k).log(),
+                   "These are log-probabilities; return probabilities (softmax, not log_softmax).")
+            if top_k is not None:
+                full = reference_next_token_probs(logits, temperature)
+                kept = reference_next_token_probs(logits, temperature, top_k) > 0
+                yield (full * kept, "You zeroed everything outside the top k but did not "
+                                    "renormalise: the kept probabilities must sum to 1.")
+                yield (full, f"top_k={top_k} has no effect in your answer: keep only the "
+                             f"{top_k} largest logits (the rest get probability 0).")
+                for k in (top_k - 1, top_k + 1):
+                    if k >= 1:
+                        yield (reference_next_token_probs(logits, temperature, k),
+                               f"You kept {k} tokens; top_k={top_k} keeps exactly {top_k}.")
+
+        _compare(got, expected, label, mistakes=mistakes, rtol=1e-4, atol=1e-7,
+                 hint="probs = softmax(logits / temperature); with top_k, set every logit below "
+                      "the k-th largest to -inf first.")
+    top = int(logits.argmax())
+    passed(f"next_token_probs: right for temperatures 0.5, 0.7, 1 and 2, with and without top-k "
+           f"(the model's favourite next token is {tokenizer.decode([top])!r}).")
+

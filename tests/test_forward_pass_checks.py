@@ -1,0 +1,430 @@
+"""Chapter 04's checks: right answers pass, plausible wrong answers fail with their hint.
+
+The wrong answers are written the way a learner would write them (not produced by the
+checks' own reference), and run against TinyGPT, the model learners use offline. Each
+test asserts on the message the learner would see.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glassbox import load_model
+from glassbox.exercise_checks.feedback import ExerciseFailed
+from glassbox.exercise_checks.forward_pass import (
+    check_attention_head,
+    check_gpt2_forward,
+    check_layer_norm,
+    check_next_token_probs,
+    check_transformer_block,
+)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    model, tokenizer = load_model("tinygpt", verbose=False)
+    return model, tokenizer
+
+
+def fails_with(check, answer, loaded, match: str) -> str:
+    """Run a check that must fail; return its message after asserting it contains `match`."""
+    model, tokenizer = loaded
+    with pytest.raises(ExerciseFailed) as info:
+        check(answer, model, tokenizer)
+    message = str(info.value)
+    assert match.lower() in message.lower(), message
+    return message
+
+
+def passes(check, answer, loaded, capsys) -> str:
+    model, tokenizer = loaded
+    check(answer, model, tokenizer)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and out.count("\n") == 1, out
+    return out
+
+
+# ----------------------------------------------------------------- right answers, written as a learner would
+
+def ln_ok(x, weight, bias, eps):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def head_ok(x, w_qkv, b_qkv, n_head, head, *, scale=True, diagonal=1, fill=float("-inf"),
+            mask=True, softmax_dim=-1, swap=False, bias=True, split_first=True):
+    seq, d = x.shape
+    dh = d // n_head
+    qkv = x @ w_qkv + (b_qkv if bias else 0)
+    if split_first:
+        q, k, v = qkv.split(d, dim=-1)
+        cols = slice(head * dh, (head + 1) * dh)
+        q, k, v = q[:, cols], k[:, cols], v[:, cols]
+    else:
+        q, k, v = qkv.view(seq, n_head, 3 * dh)[:, head].split(dh, dim=-1)
+    scores = (k @ q.T) if swap else (q @ k.T)
+    if scale:
+        scores = scores / math.sqrt(dh)
+    if mask:
+        scores = scores.masked_fill(torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal),
+                                    fill)
+    pattern = scores.softmax(dim=softmax_dim)
+    return pattern, pattern @ v
+
+
+def block_ok(x, sd, layer, config, *, head=head_ok, transpose_c_proj=False, act=None,
+             attn_residual=True, mlp_residual=True, layer_norm=ln_ok, post_norm=False):
+    p = f"transformer.h.{layer}."
+    eps = config.layer_norm_epsilon
+    act = act or (lambda t: F.gelu(t, approximate="tanh"))
+
+    def attention(h):
+        z = torch.cat([head(h, sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"],
+                            config.n_head, i)[1] for i in range(config.n_head)], dim=-1)
+        w = sd[p + "attn.c_proj.weight"]
+        return z @ (w.T if transpose_c_proj else w) + sd[p + "attn.c_proj.bias"]
+
+    def mlp(h):
+        h = act(h @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"])
+        return h @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
+
+    def ln(name, t):
+        return layer_norm(t, sd[p + name + ".weight"], sd[p + name + ".bias"], eps)
+
+    if post_norm:
+        x = ln("ln_1", x + attention(x))
+        return ln("ln_2", x + mlp(x))
+    a = attention(ln("ln_1", x))
+    x = x + a if attn_residual else a
+    m = mlp(ln("ln_2", x))
+    return x + m if mlp_residual else m
+
+
+def forward_ok(ids, sd, config, *, block=block_ok, ln_f=True, positions="arange", head_key=None):
+    wte = sd["transformer.wte.weight"]
+    seq = len(ids)
+    x = wte[ids]
+    if positions == "arange":
+        x = x + sd["transformer.wpe.weight"][torch.arange(seq)]
+    elif positions == "shifted":
+        x = x + sd["transformer.wpe.weight"][torch.arange(1, seq + 1)]
+    for layer in range(config.n_layer):
+        x = block(x, sd, layer, config)
+    if ln_f:
+        x = ln_ok(x, sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"],
+                  config.layer_norm_epsilon)
+    return x @ (sd[head_key] if head_key else wte).T
+
+
+def probs_ok(logits, temperature=1.0, top_k=None):
+    scaled = logits / temperature
+    if top_k is not None:
+        kth = scaled.topk(top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    return scaled.softmax(-1)
+
+
+def test_right_answers_pass(loaded, capsys) -> None:
+    out = passes(check_layer_norm, ln_ok, loaded, capsys)
+    assert "constant row" in out
+    passes(check_attention_head, head_ok, loaded, capsys)
+    passes(check_transformer_block, block_ok, loaded, capsys)
+    out = passes(check_gpt2_forward, forward_ok, loaded, capsys)
+    assert "largest difference" in out
+    passes(check_next_token_probs, probs_ok, loaded, capsys)
+
+
+def test_other_right_answers_pass(loaded, capsys) -> None:
+    """Equivalent answers written differently (library calls, float64, -1e9 masks) also pass."""
+    passes(check_layer_norm, lambda x, w, b, eps: F.layer_norm(x.double(), x.shape[-1:], w.double(),
+                                                               b.double(), eps), loaded, capsys)
+    passes(check_attention_head, lambda *a: head_ok(*a, fill=-1e9), loaded, capsys)
+    passes(check_transformer_block, lambda *a: block_ok(
+        *a, act=lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))),
+        loaded, capsys)
+
+
+def test_not_implemented_passes_through(loaded) -> None:
+    def stub(*args):
+        raise NotImplementedError("todo")
+    model, tokenizer = loaded
+    for check in (check_layer_norm, check_attention_head, check_transformer_block,
+                  check_gpt2_forward, check_next_token_probs):
+        with pytest.raises(NotImplementedError):
+            check(stub, model, tokenizer)
+
+
+# ----------------------------------------------------------------- layer_norm
+
+def ln_unbiased(x, w, b, eps):
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True) + eps) * w + b
+
+
+def ln_eps_outside(x, w, b, eps):
+    mean = x.mean(-1, keepdim=True)
+    std = ((x - mean) ** 2).mean(-1, keepdim=True).sqrt()
+    return (x - mean) / (std + eps) * w + b
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (ln_unbiased, "biased variance"),
+    (ln_eps_outside, "inside the square root"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, 0.0), "no epsilon at all"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, 1e-6), "eps = 1e-06"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, 1e-5), "Use the eps argument"),
+    (lambda x, w, b, eps: (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps) * w + b,
+     "axis 0"),
+    (lambda x, w, b, eps: ln_ok(x, torch.ones_like(w), torch.zeros_like(b), eps),
+     "forgot the weight and bias"),
+    (lambda x, w, b, eps: ln_ok(x, b, w, eps), "swapped weight and bias"),
+    (lambda x, w, b, eps: ln_ok(x, w, torch.zeros_like(b), eps), "forgot to add the bias"),
+])
+def test_layer_norm_known_mistakes(loaded, wrong, hint) -> None:
+    message = fails_with(check_layer_norm, wrong, loaded, match=hint)
+    assert "of its values match" in message
+
+
+def test_layer_norm_in_place_is_caught(loaded) -> None:
+    def in_place(x, w, b, eps):
+        x -= x.mean(-1, keepdim=True)
+        return x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + eps) * w + b
+    fails_with(check_layer_norm, in_place, loaded, match="in place")
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda x, w, b, eps: None, "return"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps).numpy(), "torch.from_numpy"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps).long(), "dtype"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps)[None], "batch axis"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps).T, "transpose"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps)[:, :-1], "has shape"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps) * float("nan"), "NaN"),
+    (lambda x, w, b, eps: ln_ok(x, w, b, eps) + 0.01 * torch.arange(x.shape[-1]), "values match"),
+])
+def test_layer_norm_bad_outputs(loaded, wrong, hint) -> None:
+    fails_with(check_layer_norm, wrong, loaded, match=hint)
+
+
+def test_layer_norm_crash_becomes_feedback(loaded) -> None:
+    def crashes(x, w, b, eps):
+        return x.mean(-1) @ w  # shape error from a matrix product
+    with pytest.raises(ExerciseFailed) as info:
+        check_layer_norm(crashes, *loaded)
+    assert "layer_norm raised RuntimeError" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+# ----------------------------------------------------------------- attention_head
+
+@pytest.mark.parametrize("options, hint", [
+    (dict(scale=False), "1/sqrt(d_head)"),
+    (dict(mask=False), "No causal mask"),
+    (dict(diagonal=0), "nothing left to read"),
+    (dict(diagonal=0, fill=-1e9), "cannot read itself"),
+    (dict(diagonal=2), "see the next one"),
+    (dict(softmax_dim=0), "wrong axis"),
+    (dict(swap=True), "k @ q.T"),
+    (dict(bias=False), "forgot c_attn's bias"),
+    (dict(split_first=False), "split it into q, k and v first"),
+])
+def test_attention_head_known_mistakes(loaded, options, hint) -> None:
+    message = fails_with(check_attention_head, lambda *a: head_ok(*a, **options), loaded,
+                         match=hint)
+    assert "of its values match" in message
+
+
+def test_attention_head_divides_by_d_head(loaded) -> None:
+    def by_d_head(x, w, b, n_head, head):
+        pattern, z = head_ok(x, w, b, n_head, head, scale=False)
+        seq, d = x.shape
+        q, k, v = (x @ w + b).split(d, dim=-1)
+        dh = d // n_head
+        cols = slice(head * dh, (head + 1) * dh)
+        scores = q[:, cols] @ k[:, cols].T / dh
+        scores = scores.masked_fill(torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1), -math.inf)
+        pattern = scores.softmax(-1)
+        return pattern, pattern @ v[:, cols]
+    fails_with(check_attention_head, by_d_head, loaded, match="square root")
+
+
+def test_attention_head_mask_after_softmax(loaded) -> None:
+    def after(x, w, b, n_head, head):
+        pattern, _ = head_ok(x, w, b, n_head, head, mask=False)
+        seq = x.shape[0]
+        pattern = pattern * torch.tril(torch.ones(seq, seq))
+        _, _, v = (x @ w + b).split(x.shape[1], dim=-1)
+        dh = x.shape[1] // n_head
+        return pattern, pattern @ v[:, head * dh:(head + 1) * dh]
+    fails_with(check_attention_head, after, loaded, match="no longer sum to 1")
+
+
+def test_attention_head_conv1d_transpose_is_explained(loaded) -> None:
+    def transposed(x, w, b, n_head, head):
+        return head_ok(x, w.T, b, n_head, head)  # x @ W.T: a shape error
+    message = fails_with(check_attention_head, transposed, loaded, match="raised RuntimeError")
+    assert "Conv1D stores its weight as (in, out)" in message
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda *a: head_ok(*a)[0], "expected a tuple"),
+    (lambda *a: None, "return pattern, z"),
+    (lambda *a: (head_ok(*a)[0],), "length 1"),
+    (lambda *a: head_ok(*a)[::-1], "has shape"),
+    (lambda x, w, b, n, h: (head_ok(x, w, b, n, h)[0],
+                            (x @ w + b).split(x.shape[1], -1)[2][:, h * (x.shape[1] // n):
+                                                                 (h + 1) * (x.shape[1] // n)]),
+     "v itself"),
+    (lambda x, w, b, n, h: (head_ok(x, w, b, n, h)[0],
+                            head_ok(x, w, b, n, h)[0].T
+                            @ (x @ w + b).split(x.shape[1], -1)[2][:, h * (x.shape[1] // n):
+                                                                   (h + 1) * (x.shape[1] // n)]),
+     "transposed pattern"),
+    (lambda *a: (head_ok(*a)[0].long(), head_ok(*a)[1]), "dtype"),
+])
+def test_attention_head_bad_outputs(loaded, wrong, hint) -> None:
+    fails_with(check_attention_head, wrong, loaded, match=hint)
+
+
+def test_attention_head_checks_every_head_of_a_layer(loaded) -> None:
+    def reversed_heads(x, w, b, n_head, head):  # right for the heads the check picks, not all
+        return head_ok(x, w, b, n_head, head if head in (n_head - 1, 1) else n_head - 1 - head)
+    message = fails_with(check_attention_head, reversed_heads, loaded, match="layer 0, head 0")
+    assert "owns columns 0 to" in message
+
+
+# ----------------------------------------------------------------- transformer_block
+
+@pytest.mark.parametrize("options, hint", [
+    (dict(transpose_c_proj=True), "attn.c_proj's weight transposed"),
+    (dict(act=F.gelu), "tanh approximation"),
+    (dict(act=torch.relu), "This is ReLU"),
+    (dict(attn_residual=False), "residual around attention"),
+    (dict(mlp_residual=False), "residual around the MLP"),
+    (dict(attn_residual=False, mlp_residual=False), "both residual"),
+    (dict(post_norm=True), "post-norm"),
+    (dict(layer_norm=ln_unbiased), "biased variance"),
+    (dict(head=lambda *a: head_ok(*a, scale=False)), "1/sqrt(d_head)"),
+    (dict(head=lambda *a: head_ok(*a, diagonal=2)), "see the next one"),
+    (dict(head=lambda *a: head_ok(*a, diagonal=0)), "nothing left to read"),
+])
+def test_transformer_block_known_mistakes(loaded, options, hint) -> None:
+    message = fails_with(check_transformer_block, lambda *a: block_ok(*a, **options), loaded,
+                         match=hint)
+    assert "of its values match" in message
+
+
+def test_transformer_block_mlp_transpose_is_explained(loaded) -> None:
+    def mlp_transposed(x, sd, layer, config):
+        sd = dict(sd)
+        sd[f"transformer.h.{layer}.mlp.c_fc.weight"] = sd[f"transformer.h.{layer}.mlp.c_fc.weight"].T
+        return block_ok(x, sd, layer, config)
+    fails_with(check_transformer_block, mlp_transposed, loaded, match="Conv1D stores its weight")
+
+
+def test_transformer_block_must_read_sd(loaded) -> None:
+    model, _ = loaded
+
+    def uses_the_model(x, sd, layer, config):
+        return model.transformer.h[layer](x[None])[0]
+    fails_with(check_transformer_block, uses_the_model, loaded, match="does not read the `sd`")
+
+
+def test_transformer_block_batch_axis(loaded) -> None:
+    fails_with(check_transformer_block, lambda *a: block_ok(*a)[None], loaded, match="batch axis")
+
+
+# ----------------------------------------------------------------- gpt2_forward
+
+@pytest.mark.parametrize("options, hint", [
+    (dict(ln_f=False), "final LayerNorm ln_f"),
+    (dict(positions="none"), "forgot the position embeddings"),
+    (dict(positions="shifted"), "positions are off by one"),
+    (dict(block=lambda *a: block_ok(*a, act=F.gelu)), "tanh approximation"),
+    (dict(block=lambda *a: block_ok(*a, transpose_c_proj=True)), "c_proj's weight transposed"),
+    (dict(block=lambda *a: block_ok(*a, head=lambda *h: head_ok(*h, scale=False))),
+     "1/sqrt(d_head)"),
+    (dict(block=lambda *a: block_ok(*a, head=lambda *h: head_ok(*h, mask=False))),
+     "No causal mask"),
+    (dict(block=lambda *a: block_ok(*a, mlp_residual=False)), "residual around the MLP"),
+    (dict(block=lambda *a: block_ok(*a, layer_norm=ln_eps_outside)), "inside the square root"),
+])
+def test_gpt2_forward_known_mistakes(loaded, options, hint) -> None:
+    message = fails_with(check_gpt2_forward, lambda *a: forward_ok(*a, **options), loaded,
+                         match=hint)
+    assert "of its values match" in message
+
+
+def test_gpt2_forward_untied_head(loaded) -> None:
+    message = fails_with(check_gpt2_forward, lambda *a: forward_ok(*a, head_key="lm_head.weight"),
+                         loaded, match="tied to the token embedding")
+    assert "raised KeyError" in message
+
+
+def test_gpt2_forward_head_not_transposed(loaded) -> None:
+    def no_transpose(ids, sd, config):
+        logits = forward_ok(ids, sd, config)
+        x = torch.linalg.lstsq(sd["transformer.wte.weight"], logits.T).solution.T
+        return x @ sd["transformer.wte.weight"]  # (seq, d) @ (vocab, d): a shape error
+    fails_with(check_gpt2_forward, no_transpose, loaded, match="Conv1D")
+
+
+def test_gpt2_forward_must_read_sd(loaded) -> None:
+    model, _ = loaded
+    fails_with(check_gpt2_forward, lambda ids, sd, config: model(ids[None]).logits[0], loaded,
+               match="does not read the `sd`")
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda *a: forward_ok(*a).softmax(-1), "probabilities"),
+    (lambda *a: forward_ok(*a).log_softmax(-1), "log-probabilities"),
+    (lambda *a: forward_ok(*a)[None], "batch axis"),
+    (lambda *a: forward_ok(*a)[-1], "only one position"),
+    (lambda *a: forward_ok(*a).argmax(-1), "token ids"),
+    (lambda *a: None, "return"),
+    (lambda *a: forward_ok(*a).tolist(), "torch.Tensor"),
+])
+def test_gpt2_forward_bad_outputs(loaded, wrong, hint) -> None:
+    fails_with(check_gpt2_forward, wrong, loaded, match=hint)
+
+
+# ----------------------------------------------------------------- next_token_probs
+
+def probs_no_renorm(logits, temperature=1.0, top_k=None):
+    probs = (logits / temperature).softmax(-1)
+    if top_k is not None:
+        kth = probs.topk(top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    return probs
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda logits, t=1.0, k=None: probs_ok(logits * t * t, t, k), "multiplied the logits"),
+    (lambda logits, t=1.0, k=None: probs_ok(logits, 1.0, k), "temperature has no effect"),
+    (lambda logits, t=1.0, k=None: (logits / t).log_softmax(-1), "log-probabilities"),
+    (lambda logits, t=1.0, k=None: logits / t, "apply the softmax"),
+    (probs_no_renorm, "renormalise"),
+    (lambda logits, t=1.0, k=None: probs_ok(logits, t, None), "has no effect in your answer"),
+    (lambda logits, t=1.0, k=None: probs_ok(logits, t, k + 1 if k else None), "You kept"),
+    (lambda logits, t=1.0, k=None: probs_ok(logits, t, k)[None], "batch axis"),
+])
+def test_next_token_probs_known_mistakes(loaded, wrong, hint) -> None:
+    fails_with(check_next_token_probs, wrong, loaded, match=hint)
+
+
+def test_next_token_probs_top_k_none_is_explained(loaded) -> None:
+    def always_top_k(logits, temperature=1.0, top_k=None):
+        kth = logits.topk(top_k).values[-1]
+        return probs_ok(logits.masked_fill(logits < kth, -math.inf), temperature)
+    fails_with(check_next_token_probs, always_top_k, loaded, match="top_k can be None")
+
+
+def test_next_token_probs_numpy(loaded) -> None:
+    fails_with(check_next_token_probs,
+               lambda logits, t=1.0, k=None: np.asarray(probs_ok(logits, t, k)), loaded,
+               match="torch.from_numpy")
