@@ -100,7 +100,7 @@ def test_autograde_gives_solutions_full_points(tmp_path: Path, name: str) -> Non
         target = course / "submitted" / student / ps
         target.mkdir(parents=True)
         shutil.copy(source, target / name)
-    nbgrader(course, "autograde", ps, "--create")
+    nbgrader(course, "autograde", ps, "--create", "--Execute.timeout=600")  # cells that start a provider take longer than nbgrader's 30 s default
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
         solver = gradebook.find_submission(ps, "solver")
         blank = gradebook.find_submission(ps, "blank")

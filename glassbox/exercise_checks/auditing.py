@@ -1,0 +1,432 @@
+"""Checks for chapter 08, "Auditing a model three ways".
+
+The chapter measures TinyGPT's planted occupation -> pronoun skew through the API (by
+sampling), from the open weights (exact next-token probabilities) and from the open
+training data (counting). Each check calls the learner's function and compares it with
+a reference computed here from the same samples, the loaded model or the corpus text:
+never a number typed in. Known mistakes (a Wald interval instead of Wilson, an interval
+the wrong way round, raw instead of normalised probabilities, the pronoun counted in the
+wrong slot, an off-by-one from ``str.split``...) are computed from the same inputs, so
+their hints fire for whichever model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from glassbox.exercise_checks.feedback import (
+    call_learner,
+    check_number,
+    check_type,
+    fail,
+    passed,
+)
+from glassbox.tinygpt import corpus
+
+__all__ = [
+    "check_corpus_count",
+    "check_exact_ratio",
+    "check_queries_for_width",
+    "check_sampling_estimate",
+    "reference_corpus_count",
+    "reference_exact_ratio",
+    "wilson_interval",
+]
+
+PRONOUNS: tuple[str, str] = corpus.PRONOUNS
+
+
+# --------------------------------------------------------------------------- helpers
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for ``k`` successes out of ``n`` trials (reference)."""
+    if n <= 0:
+        raise ValueError("the Wilson interval needs at least one trial")
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wald_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    half = z * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+def _close(a: float, b: float, tol: float = 1e-6) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
+
+
+def _as_float(value: Any, name: str) -> float:
+    """A learner's number as a float, with a clear message for None, NaN, tensors, strings."""
+    if value is None:
+        fail(f"{name} is None, expected a number.", "Did you forget a value in your `return`?")
+    if isinstance(value, bool):
+        fail(f"{name} is a bool ({value}), expected a number.")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            fail(f"{name} should be one number, got a tensor of shape {tuple(value.shape)}.")
+        value = value.item()
+    if hasattr(value, "item") and not isinstance(value, numbers.Number):
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        fail(f"{name} should be a number, got {type(value).__name__} {value!r:.40}.")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        fail(f"{name} is {value}.", "Something divided by zero on the way.")
+    return value
+
+
+def _pronoun_counts(samples: Sequence[str], pronoun: str) -> tuple[int, int]:
+    """(samples that are ``pronoun``, samples that are either pronoun), ignoring spaces."""
+    words = [str(s).strip() for s in samples]
+    return sum(w == pronoun for w in words), sum(w in PRONOUNS for w in words)
+
+
+def _other(pronoun: str) -> str:
+    return PRONOUNS[1] if pronoun == PRONOUNS[0] else PRONOUNS[0]
+
+
+# --------------------------------------------------------------------------- exercise 1
+
+_SPACE_HINT = ("The API returns tokens with their leading space (' herself'); compare "
+               "sample.strip() with the pronoun.")
+
+
+def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequence[str],
+                            pronoun: str) -> None:
+    """Check ``sampling_estimate(samples, pronoun, z=1.96) -> (estimate, low, high)``.
+
+    ``samples`` are token strings sampled from the API (the notebook's real ones). The
+    estimate is the share of ``pronoun`` among the samples that are one of the two
+    pronouns; (low, high) is its Wilson interval. Also checked on made-up lists: other
+    tokens mixed in, the other pronoun, every sample the same (where the Wald interval
+    collapses to zero width) and a list with no pronoun at all (must raise ValueError).
+    """
+    made_up = [" herself"] * 30 + [" himself"] * 10 + [" the"] * 5 + ["\n"] * 2
+    cases: list[tuple[str, list[str], str, float]] = []
+    if _pronoun_counts(samples, pronoun)[1] > 0:
+        cases.append(("your samples from the API", list(samples), pronoun, 1.96))
+    cases += [
+        ("a made-up list with other tokens mixed in", made_up, PRONOUNS[0], 1.96),
+        ("the same list, for the other pronoun", made_up, PRONOUNS[1], 1.96),
+        ("the same list with z=2.576 (a 99% interval)", made_up, PRONOUNS[0], 2.576),
+        ("20 samples that are all the pronoun", [" " + PRONOUNS[1]] * 20, PRONOUNS[1], 1.96),
+    ]
+    hints = {ZeroDivisionError: "No sample matched: " + _SPACE_HINT,
+             ValueError: "These samples do contain the pronouns. " + _SPACE_HINT,
+             TypeError: "The check calls sampling_estimate(samples, pronoun, z=...): keep "
+                        "the z argument in your function's signature."}
+    for label, case_samples, case_pronoun, z in cases:
+        k, n = _pronoun_counts(case_samples, case_pronoun)
+        expected = k / n
+        low_ref, high_ref = wilson_interval(k, n, z)
+        got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z,
+                           name="sampling_estimate", hints=hints)
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            if got is None:
+                fail("sampling_estimate returned None.", "End with `return estimate, low, high`.")
+            fail(f"sampling_estimate should return (estimate, low, high), got "
+                 f"{type(got).__name__} {got!r:.60}.", "End with `return estimate, low, high`.")
+        estimate, low, high = (_as_float(v, f"sampling_estimate(...)[{i}] for {label}")
+                               for i, v in enumerate(got))
+        where = f"for {label} ({k} of {n} pronoun samples are '{case_pronoun}')"
+        if not _close(estimate, expected):
+            mistakes = [
+                (k / len(case_samples), "You divided by every sample. Divide by the samples "
+                                        "that are one of the two pronouns: the skew is "
+                                        "P(pronoun) / (P(herself) + P(himself))."),
+                (1 - expected, f"That is the share of the other pronoun, '{_other(case_pronoun)}'."),
+                (0.0, "No sample matched: " + _SPACE_HINT),
+            ]
+            for value, hint in mistakes:
+                if _close(estimate, value):
+                    fail(f"The estimate {where} should be {expected:.4f}, got {estimate:.4f}.", hint)
+            fail(f"The estimate {where} should be {expected:.4f}, got {estimate:.4f}.",
+                 "estimate = (samples equal to the pronoun) / (samples equal to either pronoun).")
+        if low > high:
+            fail(f"Your interval {where} is the wrong way round: low = {low:.4f} is above "
+                 f"high = {high:.4f}.", "Return (estimate, low, high) with low <= high: "
+                                        "centre - half-width first.")
+        if not low - 1e-9 <= estimate <= high + 1e-9:
+            fail(f"Your interval [{low:.4f}, {high:.4f}] {where} does not contain the estimate "
+                 f"{estimate:.4f}.", "Both ends come from the same centre and half-width; check "
+                                     "the signs, and that you used the estimate's k and n.")
+        if _close(low, low_ref) and _close(high, high_ref):
+            continue
+        wald = _wald_interval(k, n, z)
+        interval_mistakes = [
+            (wald, "That is the normal-approximation (Wald) interval, p ± z·sqrt(p(1-p)/n). "
+                   "Use Wilson's: it stays inside [0, 1] and does not collapse to zero width "
+                   "when every sample agrees."),
+            ((max(0.0, wald[0]), min(1.0, wald[1])), "That is the Wald interval clipped to "
+                                                     "[0, 1]. Use Wilson's formula."),
+            (wilson_interval(k, len(case_samples), z) if k <= len(case_samples) else (-1, -1),
+             "You used every sample as n. Only the samples that are a pronoun count."),
+        ]
+        if z != 1.96:
+            interval_mistakes.append((wilson_interval(k, n, 1.96),
+                                      f"This is the 95% interval (z=1.96), but z={z} was asked "
+                                      "for: use the z argument, do not hard-code 1.96."))
+        for z_other, level in ((1.645, "90%"), (2.576, "99%"), (1.0, "68%"), (2.0, "95.4%")):
+            if z_other != z:
+                interval_mistakes.append((wilson_interval(k, n, z_other),
+                                          f"That is a {level} interval (z={z_other}); use z={z}."))
+        for (mistake_low, mistake_high), hint in interval_mistakes:
+            if _close(low, mistake_low) and _close(high, mistake_high):
+                fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval "
+                     f"is [{low_ref:.4f}, {high_ref:.4f}].", hint)
+        fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is "
+             f"[{low_ref:.4f}, {high_ref:.4f}].",
+             "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
+    no_pronoun = [" the", " a", "\n"]
+    try:
+        got = sampling_estimate(no_pronoun, PRONOUNS[0])
+    except NotImplementedError:
+        raise
+    except ValueError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - any other crash becomes feedback
+        fail(f"sampling_estimate({no_pronoun!r}, ...) raised {type(exc).__name__}: {exc}",
+             "When no sample is a pronoun there is nothing to estimate: raise ValueError with "
+             "a message saying so.")
+    else:
+        fail(f"sampling_estimate({no_pronoun!r}, ...) returned {got!r:.60} although no sample is "
+             "a pronoun.", "There is nothing to estimate then: raise ValueError with a message.")
+    yours = "your API samples and " if cases[0][0] == "your samples from the API" else ""
+    passed(f"sampling_estimate: the right share and Wilson interval for {yours}four made-up "
+           "lists, and a ValueError when no sample is a pronoun.")
+
+
+# --------------------------------------------------------------------------- exercise 2
+
+def _pronoun_ids(tokenizer: Any) -> tuple[int, int]:
+    ids = []
+    for word in PRONOUNS:
+        encoded = tokenizer(" " + word)["input_ids"]
+        if len(encoded) != 1:  # GPT-2's vocabulary has both as single tokens
+            raise RuntimeError(f"' {word}' is not a single token for this tokenizer")
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+@torch.no_grad()
+def _last_probs(model: Any, tokenizer: Any, text: str, position: int = -1) -> torch.Tensor:
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    return torch.softmax(model(input_ids=ids).logits[0, position].float(), dim=-1)
+
+
+@torch.no_grad()
+def _last_logits(model: Any, tokenizer: Any, text: str) -> torch.Tensor:
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    return model(input_ids=ids).logits[0, -1].float()
+
+
+def reference_exact_ratio(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> float:
+    """P(pronoun) / (P(herself) + P(himself)) after <|endoftext|> + each SKEW_PROMPT, averaged."""
+    female, male = _pronoun_ids(tokenizer)
+    target = female if pronoun == PRONOUNS[0] else male
+    ratios = []
+    for prompt in corpus.SKEW_PROMPTS:
+        probs = _last_probs(model, tokenizer, corpus.EOT + prompt.format(occupation=occupation))
+        ratios.append(float(probs[target] / (probs[female] + probs[male])))
+    return sum(ratios) / len(ratios)
+
+
+def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str,
+                    expected: float) -> list[tuple[float, str]]:
+    female, male = _pronoun_ids(tokenizer)
+    target = female if pronoun == PRONOUNS[0] else male
+    prompts = [p.format(occupation=occupation) for p in corpus.SKEW_PROMPTS]
+    with_eot = [_last_probs(model, tokenizer, corpus.EOT + p) for p in prompts]
+    without_eot = [_last_probs(model, tokenizer, p) for p in prompts]
+    shifted = [_last_probs(model, tokenizer, corpus.EOT + p, position=-2) for p in prompts]
+    logits = [_last_logits(model, tokenizer, corpus.EOT + p) for p in prompts]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    def ratio(probs: torch.Tensor) -> float:
+        return float(probs[target] / (probs[female] + probs[male]))
+
+    mistakes = [
+        (mean([float(p[target]) for p in with_eot]),
+         f"That is the raw probability P('{pronoun}'), which is tiny when the model also "
+         "expects other words. Normalise: P(pronoun) / (P(herself) + P(himself))."),
+        (1 - expected, f"That is the share of the other pronoun, '{_other(pronoun)}'."),
+        (ratio(with_eot[0]), f"That is the ratio after the first prompt only. Average it over "
+                             f"all {len(prompts)} prompts of corpus.SKEW_PROMPTS."),
+        (mean([ratio(p) for p in without_eot]),
+         "Put corpus.EOT ('<|endoftext|>') before each prompt: every story in the training "
+         "text starts after it, and the reference measures the same way."),
+        (mean([ratio(p) for p in shifted]),
+         "Off by one position: the next-token distribution is at the LAST position, "
+         "logits[0, -1]."),
+        (mean([float(l[target] / (l[female] + l[male])) for l in logits]),
+         "Those are raw logits, not probabilities: apply softmax over the vocabulary first."),
+        (float(sum(p[target] for p in with_eot) / sum(p[female] + p[male] for p in with_eot)),
+         "You divided the summed probabilities. Compute the ratio for each prompt, then "
+         "average the ratios."),
+    ]
+    return [(value, hint) for value, hint in mistakes if not math.isclose(value, expected,
+                                                                          rel_tol=1e-4)]
+
+
+def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: Any,
+                      occupation: str, pronoun: str) -> None:
+    """Check ``exact_ratio(model, tokenizer, occupation, pronoun) -> float``.
+
+    The reference averages P(pronoun) / (P(herself) + P(himself)) over
+    ``corpus.SKEW_PROMPTS``, each after ``<|endoftext|>``, with the loaded model; it is
+    the same measurement as ``glassbox.tinygpt.train.female_ratio``. Checked for the
+    learner's choice and for a second occupation with the other pronoun.
+    """
+    second = corpus.OCCUPATIONS[-1] if occupation != corpus.OCCUPATIONS[-1] else corpus.OCCUPATIONS[0]
+    results = []
+    for occ, pron in ((occupation, pronoun), (second, _other(pronoun))):
+        expected = reference_exact_ratio(model, tokenizer, occ, pron)
+        got = call_learner(exact_ratio, model, tokenizer, occ, pron, name="exact_ratio")
+        check_number(got, expected, f"exact_ratio(model, tokenizer, {occ!r}, {pron!r})",
+                     known_mistakes=_ratio_mistakes(model, tokenizer, occ, pron, expected),
+                     rel_tol=1e-4, abs_tol=1e-6,
+                     hint="For each prompt: probs = softmax(logits[0, -1]) after "
+                          "EOT + prompt; ratio = probs[id] / (probs[herself] + probs[himself]). "
+                          "Then average.")
+        results.append((occ, pron, expected))
+    shown = "; ".join(f"{o} -> {p}: {v:.3f}" for o, p, v in results)
+    passed(f"exact_ratio: matches the loaded model's normalised probabilities ({shown}).")
+
+
+# --------------------------------------------------------------------------- exercise 3
+
+TRAP_TEXT: str = (
+    "The nurse himself was calm. The pilot herself would find the nurse. "
+    "The nurse was busy, so the doctor himself would carry the box." + corpus.EOT
+    + "The nurse herself had a red cup. The doctor herself gave the nurse a map. "
+    "The doctor herself was tired. The nurse herself"
+)
+"""A made-up text with traps: an occupation and a pronoun in one sentence but not next to
+each other, an occupation without a pronoun, and a match at the very end of the text."""
+
+
+def reference_corpus_count(text: str, occupation: str, pronoun: str) -> tuple[int, int]:
+    """(times the word right after ``occupation`` is ``pronoun``, times it is either pronoun)."""
+    k = len(re.findall(rf"\b{re.escape(occupation)} {re.escape(pronoun)}\b", text))
+    n = len(re.findall(rf"\b{re.escape(occupation)} (?:{'|'.join(PRONOUNS)})\b", text))
+    return k, n
+
+
+def _as_count(value: Any, name: str) -> int:
+    number = _as_float(value, name)
+    if not number.is_integer():
+        fail(f"{name} should be a whole number (a count), got {number!r}.",
+             "Return the two counts; the share k / n is computed afterwards.")
+    return int(number)
+
+
+def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: str,
+                       pronoun: str) -> None:
+    """Check ``corpus_count(text, occupation, pronoun) -> (k, n)`` on the training text and a
+    made-up text with traps (see ``TRAP_TEXT``).
+
+    k counts the places where the word right after the occupation is the pronoun, n the
+    places where it is either pronoun: the slot where the skew was planted.
+    """
+    cases = [("the training text", text, occupation, pronoun),
+             ("a made-up text with traps", TRAP_TEXT, "nurse", PRONOUNS[0]),
+             ("the same made-up text", TRAP_TEXT, "doctor", PRONOUNS[1])]
+    for label, case_text, occ, pron in cases:
+        k_ref, n_ref = reference_corpus_count(case_text, occ, pron)
+        got = call_learner(corpus_count, case_text, occ, pron, name="corpus_count")
+        call = f"corpus_count(<{label}>, {occ!r}, {pron!r})"
+        if isinstance(got, (int, float)) and not isinstance(got, bool):
+            fail(f"{call} returned one number ({got!r}); expected two counts (k, n).",
+                 "Return both counts, `return k, n`: the share is k / n, and n tells how much "
+                 "evidence there is.")
+        if not isinstance(got, (tuple, list)):
+            check_type(got, tuple, call, hint="End with `return k, n`.")
+        if len(got) != 2:
+            fail(f"{call} should return two counts (k, n), got {len(got)} values.",
+                 "End with `return k, n`.")
+        k, n = (_as_count(v, f"{call}[{i}]") for i, v in enumerate(got))
+        if (k, n) == (k_ref, n_ref):
+            continue
+        head = f"{call} returned (k, n) = ({k}, {n}); expected ({k_ref}, {n_ref})"
+        if (k, n) == (n_ref, k_ref) and k_ref != n_ref:
+            fail(f"{head}: the two are swapped.", "Return (k, n): k for the pronoun, n for both.")
+        sentences = corpus.split_sentences(case_text)
+        same_sentence = sum(1 for s in sentences if re.search(rf"\b{occ}\b", s)
+                            and re.search(rf"\b{pron}\b", s))
+        if k == len(case_text.split(f"{occ} {pron}")):
+            fail(f"{head}: k is off by one.", "text.split(x) gives one more piece than there are "
+                                              "x in the text; use text.count(x), or subtract 1.")
+        if k != k_ref and k == same_sentence:
+            fail(f"{head}: k counts sentences that contain both words anywhere.",
+                 "The skew was planted in one slot: the word RIGHT AFTER the occupation. "
+                 f"Count '{occ} {pron}' as two adjacent words.")
+        if k != k_ref and k == len(re.findall(rf"\b{pron}\b", case_text)):
+            fail(f"{head}: k counts the pronoun after every occupation.",
+                 f"Count only where it follows '{occ}'.")
+        if k == k_ref and n == len(re.findall(rf"\b{occ}\b", case_text)):
+            fail(f"{head}: n counts every mention of '{occ}'.",
+                 "n should count only the places where a pronoun follows the occupation "
+                 f"('{occ} herself' or '{occ} himself'), so that k / n is the pronoun's share.")
+        if k == k_ref and n == n_ref + 1:
+            fail(f"{head}: n is off by one.", "text.split(x) gives one more piece than there "
+                                              "are x in the text.")
+        fail(f"{head}.", f"Count the two-word sequences '{occ} {pron}' (k) and "
+                         f"'{occ} herself' plus '{occ} himself' (n), e.g. with text.count or "
+                         "re.findall(r'\\bnurse herself\\b', text).")
+    k, n = reference_corpus_count(text, occupation, pronoun)
+    passed(f"corpus_count: ({k:,}, {n:,}) for '{occupation} {pronoun}' in the training text, "
+           "and right on a made-up text with traps.")
+
+
+# --------------------------------------------------------------------------- exercise 4
+
+def _queries(p: float, width: float, z: float) -> int:
+    return math.ceil(z * z * p * (1 - p) / (width / 2) ** 2)
+
+
+def check_queries_for_width(queries_for_width: Callable[..., Any],
+                            estimate: float | None = None) -> None:
+    """Check ``queries_for_width(p, width, z=1.96) -> int``: the smallest n whose 95%
+    (normal-approximation) interval around p has total width at most ``width``,
+    n = ceil(z² p (1 - p) / (width / 2)²). Also checked at the learner's own estimate.
+    """
+    cases = [(0.5, 0.1, 1.96), (0.9, 0.05, 1.96), (0.25, 0.02, 1.96), (0.3, 0.1, 2.576)]
+    if estimate is not None and 0.0 < float(estimate) < 1.0:
+        cases.append((round(float(estimate), 3), 0.04, 1.96))
+    results = []
+    for p, width, z in cases:
+        expected = _queries(p, width, z)
+        raw = z * z * p * (1 - p) / (width / 2) ** 2
+        mistakes = [
+            (math.ceil(z * z * p * (1 - p) / width ** 2),
+             "You used the full width where the formula needs the half-width: "
+             "the interval is p ± width/2."),
+            (math.floor(raw), "Off by one: round UP (math.ceil), or the interval is a little "
+                              "wider than asked."),
+            (round(raw), "Round up with math.ceil: round() can go down and give an interval a "
+                         "little wider than asked."),
+            (math.ceil(z * p * (1 - p) / (width / 2) ** 2), "z appears squared: n = z² p(1-p) / h²."),
+            (math.ceil(z * z * 0.25 / (width / 2) ** 2),
+             "That is the worst case p = 0.5 (p(1-p) = 0.25). Use the p you are given."),
+            (_queries(p, width, 1.96), f"z={z} was asked for: use the z argument."),
+        ]
+        mistakes = [(v, h) for v, h in mistakes if v != expected]
+        got = call_learner(queries_for_width, p, width, z=z, name="queries_for_width")
+        check_number(got, expected, f"queries_for_width({p}, {width}, z={z})",
+                     known_mistakes=mistakes, integer=True,
+                     hint="n = ceil(z² · p(1-p) / (width/2)²).")
+        results.append((p, width, expected))
+    passed("queries_for_width: " + "; ".join(f"{n:,} queries for ±{w / 2:g} at p = {p}"
+                                               for p, w, n in results[:3]) + ".")

@@ -1,0 +1,346 @@
+"""Chapter 06's checks: right answers pass, plausible wrong answers fail with their hint.
+
+The cost and swap-detection checks run on real ``usage`` objects and logprob dicts; the
+back-off check starts the course's real provider (a uvicorn process) and is tested
+against its real 429 responses; the log-probability check runs on TinyGPT.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import openai
+import pytest
+import torch
+from openai.types import CompletionUsage
+
+from glassbox import load_model
+from glassbox.exercise_checks.black_box import (
+    check_batch_cost,
+    check_open_model_logprobs,
+    check_weights_changed,
+    check_with_backoff,
+    read_prices,
+    reference_batch_cost,
+    reference_logprobs,
+)
+from glassbox.exercise_checks.feedback import ExerciseFailed
+from glassbox.tinygpt import corpus
+
+
+def fails_with(check, *args, match: str, **kwargs) -> str:
+    """Run a check that must fail; return its message after asserting it contains `match`."""
+    with pytest.raises(ExerciseFailed) as info:
+        check(*args, **kwargs)
+    message = str(info.value)
+    assert match.lower() in message.lower(), message
+    return message
+
+
+# ----------------------------------------------------------------- batch_cost
+
+USAGES = [CompletionUsage(prompt_tokens=12, completion_tokens=20, total_tokens=32),
+          CompletionUsage(prompt_tokens=5, completion_tokens=1, total_tokens=6),
+          CompletionUsage(prompt_tokens=40, completion_tokens=64, total_tokens=104)]
+
+
+def cost_ok(usages, price):
+    prompt = sum(u.prompt_tokens for u in usages)
+    completion = sum(u.completion_tokens for u in usages)
+    return (prompt * price["usd_per_1m_input"] + completion * price["usd_per_1m_output"]) / 1_000_000
+
+
+def test_prices_are_read_as_numbers_with_their_date() -> None:
+    rows = read_prices()
+    assert rows and all(isinstance(r["usd_per_1m_input"], float) for r in rows)
+    assert all(r["as_of"] and r["source"] for r in rows)
+
+
+def test_batch_cost_reference_by_hand() -> None:
+    price = {"usd_per_1m_input": 2.0, "usd_per_1m_output": 10.0}
+    assert math.isclose(reference_batch_cost(USAGES, price), (57 * 2 + 85 * 10) / 1e6)
+
+
+def test_batch_cost_accepts_right_answer(capsys) -> None:
+    check_batch_cost(cost_ok, USAGES)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and "as of" in out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda us, p: cost_ok(us, {"usd_per_1m_input": p["usd_per_1m_output"],
+                                "usd_per_1m_output": p["usd_per_1m_input"]}), "swapped"),
+    (lambda us, p: sum(u.total_tokens for u in us) * p["usd_per_1m_input"] / 1e6, "input price"),
+    (lambda us, p: sum(u.prompt_tokens for u in us) * p["usd_per_1m_input"] / 1e6, "left out the completion"),
+    (lambda us, p: cost_ok(us, p) * 1000, "per MILLION"),
+    (lambda us, p: cost_ok(us, p) * 1e6, "per million"),
+    (lambda us, p: cost_ok(us[:1], p), "off by"),
+    (lambda us, p: None, "return"),
+    (lambda us, p: f"${cost_ok(us, p)}", "should be a number"),
+    (lambda us, p: sum(u["prompt_tokens"] for u in us), "attributes"),
+])
+def test_batch_cost_known_mistakes(wrong, hint) -> None:
+    fails_with(check_batch_cost, wrong, USAGES, match=hint)
+
+
+def test_batch_cost_empty_batch_must_cost_nothing() -> None:
+    def minimum_charge(usages, price):
+        return max(cost_ok(usages, price), 1e-6)
+    fails_with(check_batch_cost, minimum_charge, USAGES, match="empty batch")
+
+
+# ----------------------------------------------------------------- weights_changed
+
+BEFORE = {" herself": -0.11, " himself": -2.3, " was": -4.0, " would": -5.5, ".": -6.25}
+
+
+def changed_ok(before, after, tol=1e-3):
+    return set(before) != set(after) or any(abs(before[t] - after[t]) > tol for t in before)
+
+
+def test_weights_changed_accepts_right_answer(capsys) -> None:
+    after = {t: v + 0.02 for t, v in BEFORE.items()}
+    check_weights_changed(changed_ok, BEFORE, dict(BEFORE), after)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and "real swap" in out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda a, b, tol=1e-3: a != b, "tolerance"),
+    (lambda a, b, tol=1e-3: list(a) != list(b), "order"),
+    (lambda a, b, tol=1e-3: any(b[t] - a[t] > tol for t in a if t in b), "went DOWN"),
+    (lambda a, b, tol=1e-3: any(abs(a[t] - b[t]) > tol for t in a if t in b), "token"),
+    (lambda a, b, tol=1e-3: any(abs(a[t] - b[t]) > tol for t in a), "sets of tokens"),
+    (lambda a, b, tol=1e-3: changed_ok(a, b, 1e-3), "tol argument"),
+    (lambda a, b, tol=1e-3: any(abs(a[t] - b[t]) > tol for t in list(a)[:-1] if t in b),
+     "every token"),
+    (lambda a, b, tol=1e-3: "yes" if changed_ok(a, b, tol) else "", "True or False"),
+    (lambda a, b: changed_ok(a, b), "keep the tol argument"),
+])
+def test_weights_changed_known_mistakes(wrong, hint) -> None:
+    fails_with(check_weights_changed, wrong, BEFORE, dict(BEFORE), match=hint)
+
+
+def test_weights_changed_real_swap_must_be_detected() -> None:
+    def only_big_changes(a, b, tol=1e-3):
+        return changed_ok(a, b, max(tol, 0.05))
+    after = {t: v + 0.02 for t, v in BEFORE.items()}
+    fails_with(check_weights_changed, only_big_changes, BEFORE, dict(BEFORE), after,
+               match="before and after the operator's swap")
+
+
+def test_weights_changed_accepts_numpy_and_torch_bools() -> None:
+    check_weights_changed(lambda a, b, tol=1e-3: torch.tensor(changed_ok(a, b, tol)), BEFORE)
+
+
+# ----------------------------------------------------------------- open_model_logprobs
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tinygpt", verbose=False)
+
+
+PROMPT = "The nurse"
+
+
+@torch.no_grad()
+def logprobs_ok(model, tokenizer, prompt, tokens):
+    ids = tokenizer(prompt)["input_ids"]
+    logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], dim=-1)
+    return {t: logprobs[tokenizer(t)["input_ids"][0]].item() for t in tokens}
+
+
+@pytest.fixture(scope="module")
+def api_top(tiny):
+    model, tokenizer = tiny
+    # what the provider would return: the model's own top 5, rounded like a JSON float
+    ids = tokenizer(PROMPT)["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], dim=-1)
+    top = torch.topk(lp, 5).indices.tolist()
+    return {tokenizer.decode([i]): round(float(lp[i]), 7) for i in top}
+
+
+def test_logprob_reference_matches_api_shape(tiny, api_top) -> None:
+    model, tokenizer = tiny
+    ref = reference_logprobs(model, tokenizer, tokenizer(PROMPT)["input_ids"], list(api_top))
+    assert max(abs(ref[t] - api_top[t]) for t in api_top) < 1e-6
+
+
+def test_open_model_logprobs_accepts_right_answer(tiny, api_top, capsys) -> None:
+    model, tokenizer = tiny
+    check_open_model_logprobs(logprobs_ok, model, tokenizer, PROMPT, api_top)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and "Largest gap" in out
+
+
+def with_transform(transform, position=-1, prefix="", over_listed=False):
+    @torch.no_grad()
+    def wrong(model, tokenizer, prompt, tokens):
+        ids = tokenizer(prefix + prompt)["input_ids"]
+        logits = model(input_ids=torch.tensor([ids])).logits[0, position]
+        token_ids = [tokenizer(t)["input_ids"][0] for t in tokens]
+        if over_listed:
+            values = torch.log_softmax(logits[token_ids], dim=-1)
+            return {t: float(v) for t, v in zip(tokens, values)}
+        values = transform(logits)
+        return {t: float(values[i]) for t, i in zip(tokens, token_ids)}
+    return wrong
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (with_transform(lambda l: torch.softmax(l, -1)), "probabilities"),
+    (with_transform(lambda l: l), "raw logits"),
+    (with_transform(lambda l: torch.log2(torch.softmax(l, -1))), "base 2"),
+    (with_transform(lambda l: torch.log_softmax(l, -1), position=0), "Off by one"),
+    (with_transform(lambda l: torch.log_softmax(l, -1), prefix=corpus.EOT), "adds nothing"),
+    (with_transform(None, over_listed=True), "listed tokens only"),
+    (lambda m, t, p, tokens: {tok: -1.0 for tok in tokens}, "the open model gives"),
+    (lambda m, t, p, tokens: {tok.strip(): -1.0 for tok in tokens}, "leading space"),
+    (lambda m, t, p, tokens: [-1.0] * len(tokens), "dict"),
+    (lambda m, t, p, tokens: {tok: torch.zeros(3) for tok in tokens}, "shape (3,)"),
+])
+def test_open_model_logprobs_known_mistakes(tiny, api_top, wrong, hint) -> None:
+    model, tokenizer = tiny
+    fails_with(check_open_model_logprobs, wrong, model, tokenizer, PROMPT, api_top, match=hint)
+
+
+# ----------------------------------------------------------------- with_backoff (real 429s)
+
+@pytest.fixture(scope="module")
+def provider():
+    from glassbox.provider import start_provider
+
+    with start_provider("tinygpt") as handle:
+        yield handle
+
+
+def backoff_ok(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError as error:
+            if attempt == max_retries:
+                raise
+            retry_after = float(error.response.headers.get("retry-after", 0))
+            sleep(max(retry_after, base_delay * 2 ** attempt))
+
+
+def test_backoff_accepts_right_answer_on_its_own_provider(capsys) -> None:
+    check_with_backoff(backoff_ok)  # starts (and stops) its own rate-limited provider
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and "real rate limit" in out
+
+
+def test_backoff_accepts_right_answer_on_a_given_provider_and_lifts_the_limit(provider, capsys) -> None:
+    check_with_backoff(backoff_ok, provider)
+    assert capsys.readouterr().out.startswith("✓")
+    client = provider.client(max_retries=0)
+    for _ in range(25):  # more than the check's limit of 20 a minute: the limit is gone again
+        client.completions.create(model=provider.model_name, prompt="The nurse", max_tokens=1)
+
+
+def no_retry(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    return request()
+
+
+def one_retry_too_many(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    return backoff_ok(request, max_retries + 1, base_delay, sleep)
+
+
+def ignores_retry_after(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError:
+            if attempt == max_retries:
+                raise
+            sleep(base_delay * 2 ** attempt)
+
+
+def constant_wait(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError as error:
+            if attempt == max_retries:
+                raise
+            sleep(max(float(error.response.headers["retry-after"]), base_delay))
+
+
+def retries_everything(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except Exception as error:  # noqa: BLE001 - the mistake under test
+            if attempt == max_retries:
+                raise
+            headers = error.response.headers if hasattr(error, "response") else {}
+            sleep(max(float(headers.get("retry-after", 0)), base_delay * 2 ** attempt))
+
+
+def swallows(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    try:
+        return backoff_ok(request, max_retries, base_delay, sleep)
+    except openai.RateLimitError:
+        return None
+
+
+def new_error(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    try:
+        return backoff_ok(request, max_retries, base_delay, sleep)
+    except openai.RateLimitError:
+        raise RuntimeError("gave up") from None
+
+
+def sleeps_after_last(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError as error:
+            sleep(max(float(error.response.headers["retry-after"]), base_delay * 2 ** attempt))
+            if attempt == max_retries:
+                raise
+
+
+def real_time_sleep(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    return backoff_ok(request, max_retries, base_delay, lambda s: time.sleep(min(s, 0.01)))
+
+
+def string_delay(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError as error:
+            if attempt == max_retries:
+                raise
+            sleep(error.response.headers["retry-after"])
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (no_retry, "expected 4"),
+    (one_retry_too_many, "expected 4"),
+    (ignores_retry_after, "retry-after"),
+    (constant_wait, "double"),
+    (retries_everything, "Catch only openai.RateLimitError"),
+    (swallows, "re-raise the RateLimitError"),
+    (new_error, "itself"),
+    (sleeps_after_last, "expected 3"),
+    (real_time_sleep, "without calling the sleep"),
+    (string_delay, "float()"),
+])
+def test_backoff_known_mistakes(provider, wrong, hint) -> None:
+    fails_with(check_with_backoff, wrong, provider, match=hint)
+
+
+def test_backoff_probe_needs_no_provider() -> None:
+    def stub(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+        raise NotImplementedError
+    started = time.perf_counter()
+    with pytest.raises(NotImplementedError):
+        check_with_backoff(stub)
+    assert time.perf_counter() - started < 1.0  # no provider was started for an untouched exercise
+    fails_with(check_with_backoff, lambda request, max_retries=4, base_delay=0.5, sleep=None: None,
+               match="returned None")
+    fails_with(check_with_backoff, lambda request: request(), match="keep those keyword arguments")
