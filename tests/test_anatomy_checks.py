@@ -308,6 +308,87 @@ def test_header_none(safetensors_file) -> None:
     fails_with(check_read_safetensors_header, lambda p: None, safetensors_file, match="return")
 
 
+
+def test_header_right_answer_reports_bytes_read(safetensors_file, capsys) -> None:
+    check_read_safetensors_header(header_ok, safetensors_file)
+    out = capsys.readouterr().out
+    with open(safetensors_file, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    assert f"handed out {8 + n:,} of its {safetensors_file.stat().st_size:,} bytes" in out
+    assert "cut off right after the header" in out
+
+
+def test_header_right_answer_with_path_open_passes(safetensors_file, capsys) -> None:
+    def via_path(path):
+        with Path(path).open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return json.loads(f.read(n).decode("utf-8"))
+    check_read_safetensors_header(via_path, safetensors_file)
+    assert capsys.readouterr().out.startswith("✓")
+
+
+def test_header_reading_the_whole_file_fails(safetensors_file) -> None:
+    def whole_file(path):
+        data = Path(path).read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8:8 + n])
+    message = fails_with(check_read_safetensors_header, whole_file, safetensors_file,
+                         match="bytes of tensor data")
+    assert f"{safetensors_file.stat().st_size:,} bytes" in message
+    assert "f.read() without a size" in message
+
+
+def test_header_reading_the_rest_after_the_header_fails(safetensors_file) -> None:
+    def reads_on(path):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            f.read()  # "just to be sure we reached the end"
+        return header
+    fails_with(check_read_safetensors_header, reads_on, safetensors_file,
+               match="bytes of tensor data")
+
+
+def test_header_with_load_file_first_fails_on_header_only_copy(safetensors_file) -> None:
+    from safetensors.torch import load_file
+
+    def loads_tensors(path):
+        load_file(str(path))  # loads every tensor, then parses the header by hand
+        return header_ok(path)
+    message = fails_with(check_read_safetensors_header, loads_tensors, safetensors_file,
+                         match="cut off right after its header")
+    assert "SafetensorError" in message and "load_file" in message
+
+
+def test_header_with_safe_open_get_tensor_fails(safetensors_file) -> None:
+    from safetensors import safe_open
+
+    def via_safe_open(path):
+        header = header_ok(path)
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                assert list(f.get_tensor(name).shape) == header[name]["shape"]
+        return header
+    message = fails_with(check_read_safetensors_header, via_safe_open, safetensors_file,
+                         match="no tensor data at all")
+    assert "get_tensor" in message
+
+
+def test_header_returning_the_tensors_fails(safetensors_file) -> None:
+    from safetensors.torch import load_file
+    fails_with(check_read_safetensors_header, lambda p: load_file(str(p)), safetensors_file,
+               match="holds tensors")
+
+
+def test_header_check_restores_open(safetensors_file) -> None:
+    import builtins
+    import io
+    before = (builtins.open, io.open)
+    check_read_safetensors_header(header_ok, safetensors_file)
+    with pytest.raises(ExerciseFailed):
+        check_read_safetensors_header(lambda p: Path(p).read_bytes(), safetensors_file)
+    assert (builtins.open, io.open) == before
+
 # ----------------------------------------------------------------- model_size_mb
 
 def size_ok(model, dtype):

@@ -13,9 +13,12 @@ whichever model is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
+    ExerciseFailed,
     call_learner,
     check_number,
     check_tensor,
@@ -292,17 +296,120 @@ def _reference_header(path: Path) -> dict[str, Any]:
     return header
 
 
+class _CountingReader:
+    """A file object that counts the bytes it hands out (for the header exercise).
+
+    Wraps what ``open`` returned for the file under test; every way of reading
+    (``read``, ``read1``, ``readinto``, ``readline``, ``readlines``, iteration) adds to
+    ``counter["bytes"]``. Everything else is passed through to the real file.
+    """
+
+    def __init__(self, handle: Any, counter: dict[str, int]) -> None:
+        self._handle = handle
+        self._counter = counter
+
+    def _count(self, data: Any) -> Any:
+        if isinstance(data, (bytes, bytearray, str)):
+            self._counter["bytes"] += len(data)
+        return data
+
+    def read(self, *args: Any) -> Any:
+        return self._count(self._handle.read(*args))
+
+    def read1(self, *args: Any) -> Any:
+        return self._count(self._handle.read1(*args))
+
+    def readline(self, *args: Any) -> Any:
+        return self._count(self._handle.readline(*args))
+
+    def readlines(self, *args: Any) -> list[Any]:
+        return [self._count(line) for line in self._handle.readlines(*args)]
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._handle.readinto(buffer)
+        self._counter["bytes"] += n or 0
+        return n
+
+    def __iter__(self) -> _CountingReader:
+        return self
+
+    def __next__(self) -> Any:
+        return self._count(next(self._handle))
+
+    def __enter__(self) -> _CountingReader:
+        self._handle.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._handle.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+@contextlib.contextmanager
+def _count_bytes_read(path: Path) -> Iterator[dict[str, int]]:
+    """Count the bytes Python code reads from ``path`` through ``open`` (and ``Path.open``).
+
+    ``builtins.open`` and ``io.open`` are wrapped for the duration of the block only; files
+    other than ``path`` are opened exactly as usual. Readers that bypass Python's ``open``
+    (the safetensors library, ``mmap``) are not counted: the header-only copy catches those.
+    """
+    import builtins
+    import io
+
+    target = path.resolve()
+    counter = {"bytes": 0, "opens": 0}
+    original = builtins.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        handle = original(file, *args, **kwargs)
+        try:
+            same = isinstance(file, (str, bytes, os.PathLike)) and \
+                Path(os.fsdecode(file)).resolve() == target
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            return handle
+        counter["opens"] += 1
+        return _CountingReader(handle, counter)
+
+    builtins.open = counting_open
+    io.open = counting_open
+    try:
+        yield counter
+    finally:
+        builtins.open = original
+        io.open = original
+
+
+_HEADER_ONLY_HINT = ("Read the file with open, struct and json only: 8 bytes for the length, then "
+                     "exactly that many bytes of JSON. safetensors' load_file, safe_open and "
+                     "get_tensor (and torch loaders) check and read the tensor data, which is "
+                     "exactly what this exercise avoids.")
+
+
 def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
                                   path: str | Path) -> None:
-    """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``."""
+    """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``.
+
+    Three runs: on the file itself (the header must come back exactly, and Python's
+    ``open`` must hand out no byte past the header), then on a copy cut off right after
+    the header, which holds no tensor data at all: only a header-only reader survives it.
+    """
     path = Path(path)
     expected = _reference_header(path)
-    got = call_learner(read_safetensors_header, path, name="read_safetensors_header",
-                       hints={json.JSONDecodeError: _LENGTH_HINT,
-                              UnicodeDecodeError: _LENGTH_HINT,
-                              struct.error: "struct.unpack('<Q', data) needs exactly 8 "
-                                            "bytes: data = f.read(8).",
-                              OverflowError: _LENGTH_HINT, MemoryError: _LENGTH_HINT})
+    with open(path, "rb") as f:
+        (header_length,) = struct.unpack("<Q", f.read(8))
+    header_end = 8 + header_length
+    file_size = path.stat().st_size
+    with _count_bytes_read(path) as counter:
+        got = call_learner(read_safetensors_header, path, name="read_safetensors_header",
+                           hints={json.JSONDecodeError: _LENGTH_HINT,
+                                  UnicodeDecodeError: _LENGTH_HINT,
+                                  struct.error: "struct.unpack('<Q', data) needs exactly 8 "
+                                                "bytes: data = f.read(8).",
+                                  OverflowError: _LENGTH_HINT, MemoryError: _LENGTH_HINT})
     if isinstance(got, int) and not isinstance(got, bool):
         fail(f"read_safetensors_header returned an int ({got:,}), probably the header length.",
              "Now read that many bytes after the first 8 and parse them with json.loads.")
@@ -311,6 +418,46 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
              "Parse it with json.loads(...) and return the dict.")
     check_type(got, dict, "read_safetensors_header(path)",
                hint="Return the parsed JSON header: a dict.")
+    if any(isinstance(value, torch.Tensor) for value in got.values()):
+        fail("Your dict holds tensors: read_safetensors_header loaded the tensor data.",
+             _HEADER_ONLY_HINT)
+    _compare_header(got, expected)
+    if counter["bytes"] > header_end:
+        fail(f"read_safetensors_header read {counter['bytes']:,} bytes of the file, but the "
+             f"header ends at byte {header_end:,} (of {file_size:,}): it also read "
+             f"{counter['bytes'] - header_end:,} bytes of tensor data.",
+             "Read 8 bytes, then exactly the number of bytes they announce, and stop. "
+             "f.read() without a size (or Path.read_bytes()) reads the whole file, "
+             "tensors included.")
+    with tempfile.TemporaryDirectory() as folder:
+        header_only = Path(folder) / "header_only.safetensors"
+        with open(path, "rb") as f:
+            header_only.write_bytes(f.read(header_end))
+        try:
+            on_copy = read_safetensors_header(header_only)
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every learner crash becomes feedback
+            raise ExerciseFailed(
+                f"On a copy of the file cut off right after its header ({header_end:,} bytes, no "
+                f"tensor data at all), read_safetensors_header raised {type(exc).__name__}: "
+                f"{exc}\nA reader that touches only the header works on that copy; yours "
+                f"needs the tensor data.\nHint: {_HEADER_ONLY_HINT}") from exc
+    if on_copy != expected:
+        fail("On a copy of the file cut off right after its header (no tensor data), "
+             "read_safetensors_header returned a different result than on the full file.",
+             _HEADER_ONLY_HINT)
+    dtypes = sorted({e["dtype"] for k, e in expected.items() if k != "__metadata__"})
+    n_tensors = sum(1 for k in expected if k != "__metadata__")
+    how = (f"open() handed out {counter['bytes']:,} of its {file_size:,} bytes"
+           if counter["opens"] else "it was not read through Python's open()")
+    passed(f"read_safetensors_header: {n_tensors} tensors, dtypes {', '.join(dtypes)}, "
+           f"read without loading any tensor: {how}, and a copy cut off right after the "
+           "header works too.")
+
+
+def _compare_header(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Fail unless the learner's header equals the file's, naming the first difference."""
     missing = [k for k in expected if k not in got]
     extra = [k for k in got if k not in expected]
     if missing == ["__metadata__"] and not extra:
@@ -336,10 +483,6 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
             if mine.get(key) != entry[key]:
                 fail(f"For {name!r}, {key} is {mine.get(key)!r}; the file says {entry[key]!r}.",
                      "Return the values json.loads gives you, unchanged.")
-    dtypes = sorted({e["dtype"] for k, e in expected.items() if k != "__metadata__"})
-    n_tensors = sum(1 for k in expected if k != "__metadata__")
-    passed(f"read_safetensors_header: {n_tensors} tensors, dtypes {', '.join(dtypes)}, "
-           "read without loading any tensor.")
 
 
 # --------------------------------------------------------------------------- exercise 5
