@@ -1,0 +1,478 @@
+"""Checks for chapter 07, "What leaks through the API".
+
+Each ``check_*`` function calls the learner's function and compares its answer with a
+reference computed here, from the loaded model or from data built with a fixed seed:
+never a number typed in. The usual mistakes are recognised by computing what the same
+reference gives with that one mistake made (an off-by-one in the singular-value index,
+log-probabilities not centred, the bias not subtracted, ties not counted half...).
+
+The references are public, so the tests (and the chapter's attack test) can use them:
+
+- :func:`reference_hidden_size`: the hidden size read off the singular values;
+- :func:`reference_logit_differences`: logit differences from top-k log-probabilities
+  returned under a ``logit_bias``;
+- :func:`reference_auc`: the area under the ROC curve by the rank (Mann-Whitney) formula;
+- :func:`reference_zlib_ratio`: a text's loss divided by its zlib-compressed length.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from glassbox.exercise_checks.feedback import (
+    call_learner,
+    check_number,
+    check_type,
+    fail,
+    passed,
+)
+
+__all__ = [
+    "check_auc",
+    "check_estimate_hidden_size",
+    "check_logit_differences",
+    "check_zlib_ratio",
+    "reference_auc",
+    "reference_hidden_size",
+    "reference_logit_differences",
+    "reference_zlib_ratio",
+]
+
+#: Largest logit matrix (rows x columns) the checks build; above it, a random subset of
+#: columns is kept (any m > h columns of a rank-h matrix have rank h).
+_MAX_MATRIX_ENTRIES = 20_000_000
+
+
+# --------------------------------------------------------------------------- references
+
+def _singular_values(vectors: torch.Tensor) -> torch.Tensor:
+    """Singular values (largest first, float64) of the rows minus their first column."""
+    matrix = vectors.detach().to(torch.float64)
+    matrix = matrix - matrix[:, :1]  # log-prob differences = logit differences
+    return torch.linalg.svdvals(matrix)
+
+
+def reference_hidden_size(vectors: torch.Tensor) -> int:
+    """Estimate the hidden size h from an (n, m) matrix of logits or log-probabilities.
+
+    Every row is one prompt's scores for the same m tokens, with n > h and m > h. The
+    first column is subtracted from every column (this removes a per-row constant such
+    as the log-normaliser of log-probabilities), then the singular values
+    lambda_1 >= lambda_2 >= ... are computed. lambda_1/lambda_2 is skipped: it measures
+    the average row that all prompts share, not h. The estimate is the i >= 2 with the
+    largest ratio lambda_i / lambda_(i+1): the number of singular values above the cliff.
+    """
+    s = _singular_values(vectors)
+    s = s.clamp_min(torch.finfo(torch.float64).tiny)
+    if s.numel() < 4:
+        raise ValueError(f"Need at least 4 rows and columns to find a drop, got {tuple(vectors.shape)}.")
+    ratios = s[1:-1] / s[2:]  # ratios[j] = lambda_(j+2) / lambda_(j+3), 1-based
+    return int(ratios.argmax()) + 2
+
+
+def reference_logit_differences(top_logprobs: Mapping[str, float], logit_bias: Mapping[int, float],
+                                token_ids: Mapping[str, int], reference_id: int) -> dict[int, float]:
+    """Logit differences ``logit(t) - logit(reference)`` for every biased token ``t`` in the top k.
+
+    Under a bias b, log p(t) = logit(t) + b(t) - log Z, with one normaliser Z for the
+    whole vector; so (log p(t) - b(t)) - (log p(ref) - b(ref)) = logit(t) - logit(ref).
+    """
+    unbiased = {token_ids[s]: lp - logit_bias[token_ids[s]] for s, lp in top_logprobs.items()
+                if s in token_ids and token_ids[s] in logit_bias}
+    if reference_id not in unbiased:
+        raise ValueError("the reference token is not among the top log-probabilities")
+    ref = unbiased[reference_id]
+    return {t: v - ref for t, v in unbiased.items()}
+
+
+def reference_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties counted half.
+
+    Rank all scores together (ties get their average rank); with R the sum of the
+    members' ranks, U = R - n1 (n1 + 1) / 2 and AUC = U / (n1 n0): the probability that a
+    random member scores higher than a random non-member.
+    """
+    members = [float(x) for x in member_scores]
+    others = [float(x) for x in nonmember_scores]
+    n1, n0 = len(members), len(others)
+    if n1 == 0 or n0 == 0:
+        raise ValueError("need at least one member and one non-member score")
+    pooled = sorted(members + others)
+    first_rank: dict[float, int] = {}
+    counts = Counter(pooled)
+    for rank, value in enumerate(pooled, start=1):
+        first_rank.setdefault(value, rank)
+    average_rank = {v: first_rank[v] + (counts[v] - 1) / 2 for v in counts}
+    rank_sum = sum(average_rank[v] for v in members)
+    u = rank_sum - n1 * (n1 + 1) / 2
+    return u / (n1 * n0)
+
+
+def _tied_pair_fraction(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """The fraction of (member, non-member) pairs with equal scores."""
+    a, b = Counter(float(x) for x in member_scores), Counter(float(x) for x in nonmember_scores)
+    return sum(a[v] * b[v] for v in a) / (sum(a.values()) * sum(b.values()))
+
+
+def _sentence_loss(model: nn.Module, tokenizer: Any, text: str) -> tuple[float, int]:
+    """Mean next-token loss of ``text`` in nats (as ``model(ids, labels=ids).loss``) and its token count."""
+    ids = torch.tensor([tokenizer(text).input_ids])
+    with torch.no_grad():
+        loss = model(ids, labels=ids).loss
+    return float(loss), ids.shape[1]
+
+
+def reference_zlib_ratio(model: nn.Module, tokenizer: Any, text: str) -> float:
+    """The model's mean loss on ``text`` (nats per token) over its zlib-compressed length (bytes)."""
+    loss, _ = _sentence_loss(model, tokenizer, text)
+    return loss / len(zlib.compress(text.encode("utf-8")))
+
+
+# --------------------------------------------------------------------------- exercise 1
+
+def _low_rank_matrix(n: int, m: int, rank: int, *, row_offsets: bool, seed: int) -> torch.Tensor:
+    """An (n, m) matrix of rank ``rank`` plus noise, shaped like a stack of log-prob vectors.
+
+    A large shared row (like the average logits every prompt shares) plus ``rank - 1``
+    varying directions, plus noise; with ``row_offsets`` each row also gets its own
+    constant, as log-probabilities do (their log-normaliser).
+    """
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64
+    scales = torch.logspace(0, -1, rank - 1, dtype=dtype)
+    varying = (torch.randn(n, rank - 1, generator=g, dtype=dtype) * scales) @ \
+        torch.randn(rank - 1, m, generator=g, dtype=dtype)
+    shared = 100.0 * torch.randn(1, m, generator=g, dtype=dtype)
+    matrix = varying + shared + 0.01 * torch.randn(n, m, generator=g, dtype=dtype)
+    if row_offsets:
+        matrix = matrix + 5.0 * torch.randn(n, 1, generator=g, dtype=dtype)
+    return matrix.to(torch.float32)
+
+
+def _model_logprobs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
+    """Log-probabilities of the next token after n random prompts (a random column subset if large)."""
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(vocab, (n, 4), generator=g)
+    columns = None
+    if n * vocab > _MAX_MATRIX_ENTRIES:
+        columns = torch.randperm(vocab, generator=g)[: 2 * model.config.n_embd]
+    rows = []
+    with torch.no_grad():
+        for start in range(0, n, 64):
+            logits = model(prompts[start:start + 64], logits_to_keep=1).logits[:, -1]
+            logprobs = logits.float().log_softmax(-1)
+            rows.append(logprobs if columns is None else logprobs[:, columns])
+    return torch.cat(rows)
+
+
+def _as_count(got: Any, name: str) -> int:
+    """The learner's estimate as an int, with a clear message for other types."""
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            fail(f"{name} should be one whole number, got a tensor of shape {tuple(got.shape)}.",
+                 "Return the estimate of h, not the singular values or the ratios.")
+        got = got.item()
+    elif hasattr(got, "item") and hasattr(got, "dtype") and getattr(got, "size", 1) == 1:  # numpy scalars
+        got = got.item()
+    if got is None:
+        fail(f"{name} is None, expected a whole number.", "Did you forget the `return` statement?")
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        fail(f"{name} should be a whole number (an int), got {type(got).__name__} {got!r:.40}.",
+             "Return one whole number, the estimate of h: int(...) of the index you found.")
+    if isinstance(got, float) and (math.isnan(got) or not got.is_integer()):
+        fail(f"{name} should be a whole number (a count of dimensions), got {got!r}.",
+             "Use int(...) on the index you found.")
+    return int(got)
+
+
+def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any],
+                               model: nn.Module) -> None:
+    """Check ``estimate_hidden_size(logprobs) -> int`` on matrices of known rank and on the model.
+
+    Two synthetic (n, m) matrices of known rank k, one without and one with a constant
+    added to each row, must give exactly k. The loaded model's log-probabilities for
+    ``n_embd + 16`` random prompts must give ``n_embd`` or ``n_embd - 1`` (see the lesson:
+    a LayerNorm with zero bias removes one direction, and float32 rounding can hide the
+    smallest one).
+    """
+    n, m, rank = 40, 300, 13
+    plain = _low_rank_matrix(n, m, rank, row_offsets=False, seed=7)
+    shifted = _low_rank_matrix(n, m, rank, row_offsets=True, seed=7)
+    name = "estimate_hidden_size"
+    got_plain = _as_count(call_learner(estimate_hidden_size, plain.clone(), name=name),
+                          f"{name} on a {n} x {m} matrix of rank {rank}")
+    got_shifted = _as_count(call_learner(estimate_hidden_size, shifted.clone(), name=name),
+                            f"{name} on the same matrix with a constant added to each row")
+    head = f"On a {n} x {m} matrix of rank {rank} (built by the check)"
+    skip_hint = ("The first singular value is large because every row shares a big common part "
+                 "(the average row, like the average logits of all prompts): lambda_1/lambda_2 "
+                 "says nothing about h. Look for the largest ratio from lambda_2/lambda_3 on.")
+    if got_plain == 1 or got_shifted == 1:
+        fail(f"{head}, your estimate is 1.", skip_hint)
+    if got_plain == 0:
+        fail(f"{head}, your estimate is 0.",
+             "The largest singular value always comes first: look at the ratios "
+             "lambda_i / lambda_(i+1) of neighbours, not at the singular values themselves.")
+    if got_plain == rank - 1:
+        fail(f"{head}, you estimated {got_plain}: off by one.",
+             "argmax gives a 0-based index. If the largest ratio is s[i] / s[i+1] (0-based), "
+             "then the values s[0] ... s[i] are above the drop: that is i + 1 of them.")
+    if got_plain == rank + 1:
+        fail(f"{head}, you estimated {got_plain}: off by one.",
+             "The count of singular values above the drop is the index of the last large one "
+             "plus one (0-based), not plus two.")
+    if got_plain >= min(n, m) - 1:
+        fail(f"{head}, you estimated {got_plain}, about the number of rows ({n}).",
+             "In floating point no singular value is exactly zero, so counting non-zero values "
+             "gives the matrix's size. Find the drop: the largest ratio of neighbours.")
+    if got_plain != rank:
+        fail(f"{head}, you estimated {got_plain}, expected {rank}.",
+             "Compute torch.linalg.svdvals of the matrix, then the ratios s[:-1] / s[1:], "
+             "skipping the first one.")
+    if got_shifted == rank + 1:
+        fail(f"With a constant added to each row (as log-probabilities have: minus the log of "
+             f"the normaliser), you estimated {got_shifted}, expected {rank}.",
+             "That constant adds one direction that has nothing to do with h. Subtract it first: "
+             "subtract the first column from every column (log-prob differences are logit "
+             "differences), or each row's mean.")
+    if got_shifted != rank:
+        fail(f"With a constant added to each row, you estimated {got_shifted}, expected {rank}.",
+             "Subtract the first column from every column before the SVD.")
+    h = int(model.config.n_embd)
+    logprobs = _model_logprobs(model, h + 16, seed=0)
+    got_model = _as_count(call_learner(estimate_hidden_size, logprobs.clone(), name=name),
+                          f"{name} on the loaded model's log-probabilities")
+    reference = reference_hidden_size(logprobs)
+    accepted = {h, h - 1, reference}
+    if got_model not in accepted:
+        fail(f"On the loaded model's log-probabilities for {h + 16} random prompts "
+             f"(shape {tuple(logprobs.shape)}), you estimated {got_model}; the model's config says "
+             f"n_embd = {h}, and {h} or {h - 1} is accepted.",
+             "Your function was right on the synthetic matrices: check that it uses the whole "
+             "matrix it is given (no fixed sizes inside).")
+    passed(f"estimate_hidden_size: exact on two synthetic matrices of rank {rank}, and "
+           f"{got_model} on the loaded model, whose config says n_embd = {h}.")
+
+
+# --------------------------------------------------------------------------- exercise 2
+
+def _word_tokens(tokenizer: Any, count: int, seed: int) -> list[int]:
+    """``count`` token ids whose decoded strings are ' ' + letters, distinct from one another."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for token in torch.randperm(vocab, generator=g).tolist():
+        text = tokenizer.decode([token])
+        if text.startswith(" ") and text[1:].isalpha() and text.isascii() and text not in seen:
+            chosen.append(token)
+            seen.add(text)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("not enough word tokens in the vocabulary")
+
+
+def _biased_top_k(model: nn.Module, tokenizer: Any, prompt: str, logit_bias: dict[int, float],
+                  k: int = 5) -> tuple[dict[str, float], torch.Tensor]:
+    """What a pre-2024 API returned: the top-k log-probabilities computed with the bias applied."""
+    ids = torch.tensor([tokenizer(prompt).input_ids])
+    with torch.no_grad():
+        logits = model(ids, logits_to_keep=1).logits[0, -1].float()
+    bias = torch.zeros_like(logits)
+    for token, value in logit_bias.items():
+        bias[token] = value
+    logprobs = (logits + bias).log_softmax(-1)
+    top = logprobs.topk(k)
+    return {tokenizer.decode([t]): float(v) for v, t in zip(top.values, top.indices.tolist())}, logits
+
+
+def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Module,
+                            tokenizer: Any) -> None:
+    """Check ``logit_differences(top_logprobs, logit_bias, token_ids, reference_id) -> dict``.
+
+    Three API-like responses are built from the loaded model, as a pre-2024 API returned
+    them (the top 5 log-probabilities computed with the bias applied): five biased tokens
+    with different biases; six biased tokens, so one misses the top 5; three biased
+    tokens, so the top 5 also holds two tokens nobody biased. The answer must match the
+    model's true logit differences (to 1e-3).
+    """
+    tokens = _word_tokens(tokenizer, 14, seed=3)
+    cases = [
+        ("a different bias on each of 5 tokens", "The teacher said that",
+         {tokens[0]: 100.0, tokens[1]: 95.0, tokens[2]: 90.0, tokens[3]: 85.0, tokens[4]: 80.0}),
+        ("6 biased tokens, so one of them misses the top 5", "Once upon a time, the",
+         {tokens[5]: 100.0, **{t: 60.0 for t in tokens[6:11]}}),
+        ("3 biased tokens, so the top 5 also holds 2 unbiased ones", "The farmer went to the",
+         {tokens[11]: 100.0, tokens[12]: 90.0, tokens[13]: 80.0}),
+    ]
+    name = "logit_differences"
+    for label, prompt, bias in cases:
+        reference_id = next(iter(bias))
+        token_ids = {tokenizer.decode([t]): t for t in bias}
+        top, logits = _biased_top_k(model, tokenizer, prompt, bias)
+        got = call_learner(logit_differences, dict(top), dict(bias), dict(token_ids), reference_id,
+                           name=name)
+        check_type(got, dict, f"{name} ({label})",
+                   hint="Return a dict {token id: logit(token) - logit(reference)}.")
+        shown = [t for s, t in token_ids.items() if s in top]
+        expected = {t: float(logits[t] - logits[reference_id]) for t in shown}
+        try:
+            got = {int(k): v for k, v in got.items()}
+        except (TypeError, ValueError):
+            fail(f"{name} ({label}): the keys should be token ids (ints), got "
+                 f"{list(got)[:3]!r}.", "Map each string back to its id with token_ids[string].")
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        if extra:
+            unbiased = [t for t in extra if t not in bias]
+            if unbiased:
+                fail(f"{name} ({label}): your dict has token ids {unbiased}, which were not biased.",
+                     "Skip the strings of top_logprobs that are not keys of token_ids: without a "
+                     "known bias their logprob tells you nothing you can subtract.")
+            fail(f"{name} ({label}): your dict has token ids {extra}, which were biased but are not "
+                 "in the top 5, so their logit cannot be known from this response.",
+                 "Only tokens whose string appears in top_logprobs can be used; leave the others out.")
+        if missing:
+            hint = ("The reference itself belongs in the dict too: its difference is 0."
+                    if missing == [reference_id] else
+                    "Go through every string in top_logprobs that is a key of token_ids.")
+            fail(f"{name} ({label}): token ids {missing} are missing from your dict.", hint)
+        ref_lp = top[tokenizer.decode([reference_id])]
+        mistakes = {
+            "forgot the bias": {t: expected[t] + bias[t] - bias[reference_id] for t in expected},
+            "raw logprobs": {t: top[tokenizer.decode([t])] for t in expected},
+            "unbiased logprobs": {t: top[tokenizer.decode([t])] - bias[t] for t in expected},
+            "sign": {t: -expected[t] for t in expected},
+            "bias added": {t: expected[t] + 2 * (bias[t] - bias[reference_id]) for t in expected},
+            "no reference": {t: top[tokenizer.decode([t])] - ref_lp for t in expected},
+        }
+        hints = {
+            "forgot the bias": "Subtract each token's own bias before taking the difference: the "
+                               "returned logprob is logit + bias - log Z. (With equal biases it "
+                               "cancels, which is why this case gives each token a different one.)",
+            "raw logprobs": "These are the log-probabilities as returned. Subtract each token's bias, "
+                            "then the reference's (logit - bias) value: differences cancel log Z.",
+            "unbiased logprobs": "You subtracted the bias but not the reference: logit + (-log Z) still "
+                                 "contains the normaliser. Subtract the reference token's value too.",
+            "sign": "The sign is reversed: return logit(token) - logit(reference).",
+            "bias added": "You added the bias instead of subtracting it.",
+            "no reference": "Logprob differences are logit differences only once each token's bias is "
+                            "removed: subtract logit_bias[token] from each logprob first.",
+        }
+        ok = all(_is_number(got[t]) and math.isclose(float(got[t]), expected[t], abs_tol=1e-3)
+                 for t in expected)
+        if ok:
+            continue
+        for key, values in mistakes.items():
+            if all(_is_number(got[t]) and math.isclose(float(got[t]), values[t], abs_tol=1e-3)
+                   for t in expected):
+                fail(f"{name} ({label}): the keys are right, the values are not.", hints[key])
+        bad = next(t for t in expected if not (_is_number(got[t]) and
+                                              math.isclose(float(got[t]), expected[t], abs_tol=1e-3)))
+        fail(f"{name} ({label}): for token {bad} ({tokenizer.decode([bad])!r}) expected "
+             f"{expected[bad]:.4f}, got {got[bad]!r}.",
+             "logit(t) - logit(ref) = (logprob(t) - bias(t)) - (logprob(ref) - bias(ref)).")
+    passed("logit_differences: the model's true logit differences, recovered from top-5 "
+           "log-probabilities under three different biases.")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not bool(torch.isnan(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# --------------------------------------------------------------------------- exercise 3
+
+def _auc_cases() -> list[tuple[str, list[float], list[float]]]:
+    """Score lists with known structure: ties, unequal sizes, perfect and reversed separation."""
+    g = torch.Generator().manual_seed(11)
+    members = (torch.randn(60, generator=g) + 0.8).tolist()
+    others = torch.randn(45, generator=g).tolist()
+    tied_members = torch.randint(0, 6, (30,), generator=g).float().add(1.0).tolist()
+    tied_others = torch.randint(0, 6, (50,), generator=g).float().tolist()
+    return [
+        ("60 members and 45 non-members, no ties", members, others),
+        ("scores with many ties (whole numbers 0 to 6)", tied_members, tied_others),
+        ("every member scores higher", [5.0, 6.0, 7.5], [1.0, 2.0, 3.0, 4.0]),
+        ("every non-member scores higher", [0.1, 0.2], [0.3, 0.4, 0.5]),
+    ]
+
+
+def check_auc(auc: Callable[[Sequence[float], Sequence[float]], Any]) -> None:
+    """Check ``auc(member_scores, nonmember_scores) -> float`` against the rank-sum formula.
+
+    Four cases: random scores without ties, many ties, perfect separation (AUC 1) and
+    reversed separation (AUC 0). Known mistakes (1 - AUC, ties counted as 0 or as 1) get
+    their own hint.
+    """
+    for label, members, others in _auc_cases():
+        expected = reference_auc(members, others)
+        tied = _tied_pair_fraction(members, others)
+        got = call_learner(auc, list(members), list(others), name="auc")
+        if isinstance(got, (tuple, list)):
+            fail(f"auc ({label}) returned a {type(got).__name__} of length {len(got)}, expected one "
+                 "number.", "Return only the area, a float between 0 and 1.")
+        mistakes = [(1 - expected, "This is 1 - AUC: higher scores should mean 'member'. Count the "
+                                   "pairs where the member's score is higher."),
+                    (expected - tied / 2, "Ties count one half: a tied pair is a coin toss. You "
+                                          "counted tied pairs as 0."),
+                    (expected + tied / 2, "Ties count one half, not 1: you counted '>=' as a win.")]
+        check_number(got, expected, f"auc ({label})",
+                     known_mistakes=[(v, h) for v, h in mistakes if not math.isclose(v, expected)],
+                     abs_tol=1e-6, rel_tol=0.0,
+                     hint="AUC = (number of (member, non-member) pairs where the member scores "
+                          "higher + half the tied pairs) / (n_members x n_nonmembers).")
+    passed("auc: equal to the rank-sum (Mann-Whitney) formula on four cases, ties included.")
+
+
+# --------------------------------------------------------------------------- exercise 4
+
+def _zlib_sentences() -> list[str]:
+    from glassbox.tinygpt.corpus import heldout_sentences, member_sentences
+
+    return member_sentences()[:2] + heldout_sentences()[:2] + ["The cat sat on the mat. " * 3]
+
+
+def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn.Module,
+                     tokenizer: Any) -> None:
+    """Check ``zlib_ratio(model, tokenizer, text) -> float`` on member, held-out and repetitive text.
+
+    The reference is ``model(ids, labels=ids).loss`` (mean nats per predicted token)
+    divided by ``len(zlib.compress(text.encode()))``.
+    """
+    name = "zlib_ratio"
+    for text in _zlib_sentences():
+        loss, n_tokens = _sentence_loss(model, tokenizer, text)
+        compressed = len(zlib.compress(text.encode("utf-8")))
+        expected = loss / compressed
+        mistakes = [
+            (math.exp(loss) / compressed, "You divided the perplexity exp(loss); use the loss itself "
+                                          "(the log of the perplexity)."),
+            (loss * (n_tokens - 1) / compressed, "You used the summed loss over the text; use the mean "
+                                                 "per token, as model(ids, labels=ids).loss gives."),
+            (loss / len(text), "You divided by the text's length in characters; divide by the length "
+                               "of zlib.compress(text.encode()) in bytes."),
+            (compressed / loss, "The ratio is upside down: loss / compressed length."),
+            (loss / math.log(2) / compressed, "You used bits (log base 2); keep the model's loss in "
+                                              "nats, as it comes."),
+        ]
+        if len(text.encode("utf-8")) != len(text):
+            mistakes.append((loss / len(text.encode("utf-8")), "You divided by the raw length in "
+                                                               "bytes; compress it first."))
+        got = call_learner(zlib_ratio, model, tokenizer, text, name=name,
+                           hints={TypeError: "zlib.compress needs bytes: text.encode('utf-8')."})
+        check_number(got, expected, f"{name} for {text[:40]!r}", known_mistakes=mistakes,
+                     rel_tol=1e-4,
+                     hint="loss = model(ids, labels=ids).loss; divide by "
+                          "len(zlib.compress(text.encode('utf-8'))).")
+    passed("zlib_ratio: the model's loss over the zlib-compressed length, right for member, "
+           "held-out and repetitive text.")
