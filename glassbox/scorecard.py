@@ -9,7 +9,7 @@ The experiments take what they need as arguments (a weights folder, a function t
 returns the training text, the training-code module, an API endpoint), so a test can
 withhold one artefact and watch the mark flip (tests/test_scorecard.py).
 
-``network_cut()`` is shared with chapter 09: inside it every socket connection this
+``network_cut()`` is shared with chapter 10: inside it every socket connection this
 process tries to open is refused and recorded, so an experiment that finishes inside it
 with no attempt recorded has provably used no network (from this process).
 """
@@ -75,7 +75,7 @@ class Right:
 
 RIGHTS: list[Right] = [
     Right("use", "Use it: generate text", "use", "04_forward_pass", "06_black_box_api"),
-    Right("offline", "Run it with the network cut", "use", "09_choosing_safely", "09_choosing_safely"),
+    Right("offline", "Run it with the network cut", "use", "10_choosing_safely", "10_choosing_safely"),
     Right("architecture", "Read the architecture", "study", "02_anatomy", "07_api_leaks"),
     Right("weights", "Read the weights", "study", "03_weights", "07_api_leaks"),
     Right("modify", "Change the weights, fine-tune a step", "modify", "05_changing_the_model", "06_black_box_api"),

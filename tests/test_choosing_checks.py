@@ -1,4 +1,4 @@
-"""Chapter 09's checks: right answers pass, plausible wrong answers fail with their hint.
+"""Chapter 10's checks: right answers pass, plausible wrong answers fail with their hint.
 
 Each test calls a check function directly with a deliberately wrong answer and asserts on
 the message the learner would see. The pickle check is also tested against an answer that

@@ -1,4 +1,4 @@
-"""Chapter 09's pickle demonstration runs code, so prove it never writes outside its temporary folder.
+"""Chapter 10's pickle demonstration runs code, so prove it never writes outside its temporary folder.
 
 The test runs the notebook's own cells (those tagged ``pickle-demo``, then the cleanup cell
 tagged ``pickle-demo-cleanup``) in a fresh Python process whose HOME, working directory
@@ -27,7 +27,7 @@ import pytest
 
 from glassbox.paths import REPO_DIR
 
-NOTEBOOK = REPO_DIR / "notebooks" / "09_choosing_safely.ipynb"
+NOTEBOOK = REPO_DIR / "notebooks" / "10_choosing_safely.ipynb"
 SKIP_DIRS = {".venv", ".git", "__pycache__", ".bench", ".pytest_cache", "build", ".ipynb_checkpoints"}
 
 AUDIT = textwrap.dedent("""

@@ -1,4 +1,4 @@
-"""Checks for chapter 09, "Choosing, and using open weights safely".
+"""Checks for chapter 10, "Choosing, and using open weights safely".
 
 Each ``check_*`` function calls the learner's function and compares the result with a
 reference computed here: from the dated price and throughput tables in ``data/``, from
