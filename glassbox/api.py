@@ -26,6 +26,7 @@ Experiments that need the course's own provider (swapping the weights, switching
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -503,3 +504,30 @@ def complete_each(client: openai.OpenAI, model: str, capabilities: Capabilities,
         choices.append(reply.choices[0])
         usages.append(reply.usage)
     return choices, usages
+
+
+# ----- Reading a share off the top-k log-probabilities ----------------------------------------
+
+
+def pair_share(top_logprobs: dict[str, float], target: str, other: str) -> tuple[float, float]:
+    """The share P(target) / (P(target) + P(other)) from one position's top-k log-probabilities.
+
+    Returns ``(low, high)``. When both tokens are among the top k the share is exact
+    (``low == high``). A token missing from the top k has a probability somewhere between 0 and
+    the smallest probability that was shown, so the share is then only bounded; with both
+    missing, nothing is known: ``(0.0, 1.0)``. Token strings must be the API's own (for example
+    ``' herself'`` with its leading space).
+    """
+    if not top_logprobs:
+        return 0.0, 1.0
+    floor = math.exp(min(top_logprobs.values()))  # nothing outside the top k is more likely
+    p_target = math.exp(top_logprobs[target]) if target in top_logprobs else None
+    p_other = math.exp(top_logprobs[other]) if other in top_logprobs else None
+    if p_target is not None and p_other is not None:
+        share = p_target / (p_target + p_other)
+        return share, share
+    if p_target is not None:
+        return p_target / (p_target + floor), 1.0
+    if p_other is not None:
+        return 0.0, floor / (floor + p_other)
+    return 0.0, 1.0
