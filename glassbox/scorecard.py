@@ -5,13 +5,34 @@ data, the training code, or only an API. For each right below, an experiment tri
 exercise it with what the release contains, and the mark is whatever happened:
 ✅ if the experiment ran to the end, ❌ with the error it met if it did not.
 
+Every mark also says how it was obtained (``Outcome.how``):
+
+- ``"measured"``: the experiment ran against the real artefact or endpoint and its result
+  decided the mark;
+- ``"built in"``: the course built the result in. A release that the course assembled
+  without an artefact (``NotReleased``), or an operation that the course's own provider was
+  written without (it stands in for a public API, which has no weights download and no
+  config endpoint), fails by construction: the mark restates the design, and what it
+  teaches is *cited* (no public API offers a weights download), not measured here.
+
+The tier rule (:func:`tier_of`) reads the licence as well as the artefacts: code, data and
+weights released under terms that restrict uses (BigScience's RAIL licence for BLOOMZ, for
+example) do not make a release open source in the OSI's sense.
+
 The experiments take what they need as arguments (a weights folder, a function that
 returns the training text, the training-code module, an API endpoint), so a test can
 withhold one artefact and watch the mark flip (tests/test_scorecard.py).
 
-``network_cut()`` is shared with chapter 10: inside it every socket connection this
-process tries to open is refused and recorded, so an experiment that finishes inside it
-with no attempt recorded has provably used no network (from this process).
+``network_cut()`` is shared with chapter 10. **The rule, the same everywhere in the course:
+running offline means that no connection leaves this machine.** With
+``allow_loopback=True`` (the rule itself, as chapter 05's self-hosting uses it) connections
+to this machine (127.0.0.1, ::1) go through and are recorded as allowed, because a server
+you host yourself on loopback keeps working with the cable out; every other connection is
+refused and recorded. The default, ``allow_loopback=False``, is stricter: it refuses
+loopback too, which proves that a model running *inside this process* needs no server at
+all. The course's provider listens on loopback only so that the course runs offline; it
+stands for a provider's remote machines, so ``try_offline_api`` treats its address as
+off-machine (``remote=``), and that mark is labelled built in.
 """
 
 from __future__ import annotations
@@ -33,6 +54,8 @@ from typing import Any
 import torch
 
 __all__ = [
+    "BUILT_IN",
+    "MEASURED",
     "RIGHTS",
     "NetworkCut",
     "NotReleased",
@@ -41,8 +64,16 @@ __all__ = [
     "Right",
     "network_cut",
     "score",
+    "tier_of",
     "to_markdown",
 ]
+
+MEASURED = "measured"
+"""``Outcome.how`` when the experiment's own result decided the mark."""
+
+BUILT_IN = "built in"
+"""``Outcome.how`` when the course built the result in (an artefact left out of the release, or
+an operation the course's provider was written without)."""
 
 PROMPT = "The nurse"
 """The prompt every local experiment generates from (it fits TinyGPT's grammar)."""
@@ -102,37 +133,104 @@ class Release:
 
 @dataclass
 class Outcome:
-    """What happened when a right was tried."""
+    """What happened when a right was tried, and how the mark was obtained (``MEASURED`` or ``BUILT_IN``)."""
 
     ok: bool
     detail: str
+    how: str = MEASURED
 
     @property
     def mark(self) -> str:
         return "✅" if self.ok else "❌"
 
 
+# --------------------------------------------------------------------------- the tier rule
+
+OPEN_LICENCE_WORDS = ("open", "yes")
+"""The values that count as "open terms" in :func:`tier_of`'s ``licence`` argument."""
+
+
+def tier_of(weights: str, data: str, code: str, licence: str) -> tuple[str, str]:
+    """The tier of a release, and why: ``("fully open" | "open weights" | "closed API", reason)``.
+
+    ``weights``, ``data`` and ``code`` say whether each artefact is released (``"open"``,
+    ``"partial"`` or ``"closed"``, as "Opening up ChatGPT" scores them); ``licence`` says
+    whether the terms are open (``"open"`` or ``"yes"``: OSI-approved or equivalent) or
+    restrict uses (anything else, ``"partial"`` for a RAIL licence, ``"closed"`` for a
+    community licence). Fully open needs all three artefacts open **and** open terms: the OSI
+    definition asks for the freedom to use the system for any purpose, which a use-restricting
+    licence takes away. Weights not released at all is an API; anything between is open weights.
+    """
+    values = {"weights": weights, "data": data, "code": code}
+    if weights == "closed":
+        return "closed API", "weights not released"
+    missing = [name for name, value in values.items() if value != "open"]
+    licence_open = licence.strip().lower() in OPEN_LICENCE_WORDS
+    if not missing and licence_open:
+        return "fully open", "code, data and weights open, under open terms"
+    reasons = []
+    if missing:
+        reasons.append(", ".join(f"{name} {values[name]}" for name in missing))
+    if not licence_open:
+        reasons.append(f"licence {licence or 'unknown'}: restricts uses, so not open source under the OSI definition")
+    return "open weights", "; ".join(reasons)
+
+
 # --------------------------------------------------------------------------- the network cut
 
-@contextmanager
-def network_cut() -> Iterator[list[tuple[Any, ...]]]:
-    """Refuse every socket connection from this process while the block runs.
+class Attempts(list):
+    """The connections refused inside ``network_cut()``; ``allowed`` lists the loopback ones let through."""
 
-    Yields the list of refused addresses (empty if nothing tried to connect). Loopback
-    connections are refused too, so a local server is as unreachable as a remote one.
+    def __init__(self) -> None:
+        super().__init__()
+        self.allowed: list[tuple[Any, ...]] = []
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _is_loopback(address: Any) -> bool:
+    host = address[0] if isinstance(address, tuple) and address else address
+    return isinstance(host, str) and (host in LOOPBACK_HOSTS or host.startswith("127."))
+
+
+@contextmanager
+def network_cut(*, allow_loopback: bool = False,
+                remote: tuple[tuple[str, int], ...] = ()) -> Iterator[Attempts]:
+    """Refuse every connection that would leave this machine while the block runs.
+
+    Yields the list of refused addresses (empty if nothing tried to connect); its
+    ``allowed`` attribute lists the loopback connections let through. With
+    ``allow_loopback=True`` connections to this machine go through, as they would with the
+    cable out (the course's offline rule, and chapter 05's); by default they are refused too,
+    which proves that a model running in this process needs no server at all. ``remote``
+    names loopback addresses that stand for another machine (the course's provider stands for
+    a provider's servers): they are refused like any off-machine address.
     It also sets ``HF_HUB_OFFLINE=1`` for the block, as a learner cutting the network would.
     This proves what *this process* did; it says nothing about other programs.
     """
-    attempts: list[tuple[Any, ...]] = []
+    attempts = Attempts()
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
     old_offline = os.environ.get("HF_HUB_OFFLINE")
+    stand_ins = {(str(host), int(port)) for host, port in remote}
+
+    def passes(address: Any) -> bool:
+        if not (allow_loopback and _is_loopback(address)):
+            return False
+        return not (isinstance(address, tuple) and (str(address[0]), int(address[1])) in stand_ins)
 
     def refuse(self: socket.socket, address: Any) -> None:
+        if passes(address):
+            attempts.allowed.append(tuple(address))
+            return original_connect(self, address)
         attempts.append(address if isinstance(address, tuple) else (address,))
         raise NetworkCut(f"network cut: the connection to {address!r} was refused")
 
     def refuse_ex(self: socket.socket, address: Any) -> int:
+        if passes(address):
+            attempts.allowed.append(tuple(address))
+            return original_connect_ex(self, address)
         attempts.append(address if isinstance(address, tuple) else (address,))
         return errno.ECONNREFUSED  # connect_ex reports errors by number instead of raising
 
@@ -176,7 +274,11 @@ def try_use(weights_dir: Path | None, prompt: str = PROMPT) -> str:
 
 
 def try_offline(weights_dir: Path | None, prompt: str = PROMPT) -> str:
-    """Load and generate inside ``network_cut()``; fail if anything tried to connect."""
+    """Load and generate inside the strict ``network_cut()``; fail if anything tried to connect.
+
+    The strict cut (loopback refused too) is more than the offline rule asks: it shows that
+    the model needs no server at all, not even one on this machine.
+    """
     with network_cut() as attempts:
         model, tokenizer = _load(weights_dir, "running offline")
         text = _greedy(model, tokenizer, prompt)
@@ -340,18 +442,29 @@ def try_use_api(endpoint: Any, prompt: str = PROMPT) -> str:
     return f"generated {prompt + reply.choices[0].text!r}"
 
 
-def try_offline_api(endpoint: Any, prompt: str = PROMPT) -> str:
-    """The same completion inside ``network_cut()``, on a fresh connection.
+def _api_address(endpoint: Any) -> tuple[str, int]:
+    from urllib.parse import urlsplit
 
+    url = urlsplit(str(endpoint.client.base_url))
+    return (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+
+
+def try_offline_api(endpoint: Any, prompt: str = PROMPT) -> str:
+    """The same completion under the offline rule (``network_cut(allow_loopback=True)``), on a fresh connection.
+
+    The rule lets loopback through. The course's provider listens on loopback only so that
+    the course runs offline; it stands for a provider's remote servers, so its address is
+    passed as ``remote`` and refused like them (that mark is built in, see :func:`score`).
     A client that already holds an open connection would reuse it; cutting a real network
     would break that connection too, so the experiment opens a new client for the call.
     """
     import openai
 
+    stands_for_remote = (_api_address(endpoint),) if getattr(endpoint, "is_course_provider", False) else ()
     client = openai.OpenAI(base_url=str(endpoint.client.base_url), api_key=endpoint.client.api_key,
                            max_retries=0)
     try:
-        with network_cut():
+        with network_cut(allow_loopback=True, remote=stands_for_remote):
             reply = client.completions.create(model=endpoint.model, prompt=prompt, max_tokens=8,
                                               temperature=0)
     finally:
@@ -418,8 +531,25 @@ def _attempt(experiment: Callable[[], str]) -> Outcome:
         return Outcome(False, detail)
 
 
+COURSE_PROVIDER_BUILT_IN = ("offline", "architecture", "weights", "modify", "self_host")
+"""Rights whose ❌ on the course's own provider restates how the provider was built (see the module docstring)."""
+
+
+def _how(release: Release, key: str, outcome: Outcome) -> str:
+    if not outcome.ok and outcome.detail.startswith("NotReleased"):
+        return BUILT_IN
+    endpoint = release.endpoint
+    if endpoint is not None and getattr(endpoint, "is_course_provider", False) \
+            and key in COURSE_PROVIDER_BUILT_IN:
+        return BUILT_IN
+    return MEASURED
+
+
 def score(release: Release, workdir: Path | None = None) -> dict[str, Outcome]:
-    """Try every right of ``RIGHTS`` with what ``release`` contains; returns key -> Outcome."""
+    """Try every right of ``RIGHTS`` with what ``release`` contains; returns key -> Outcome.
+
+    Each outcome's ``how`` says whether the experiment measured it or the course built it in.
+    """
     if release.endpoint is not None:
         api = release.endpoint
         no_data = "an API returns completions; no call returns the training data"
@@ -449,17 +579,21 @@ def score(release: Release, workdir: Path | None = None) -> dict[str, Outcome]:
             "retrain": lambda: try_retrain(release.training_text, release.training_code,
                                            release.missing_data, release.training_log),
         }
-    return {right.key: _attempt(experiments[right.key]) for right in RIGHTS}
+    results = {right.key: _attempt(experiments[right.key]) for right in RIGHTS}
+    for key, outcome in results.items():
+        outcome.how = _how(release, key, outcome)
+    return results
 
 
 def to_markdown(releases: list[Release], results: list[dict[str, Outcome]]) -> str:
-    """The scorecard as a Markdown table (rights × tiers), each mark linking to its chapter."""
+    """The scorecard as a Markdown table (rights × tiers): each mark, how it was obtained, and a link to its chapter."""
     head = "| right | OSI freedom | " + " | ".join(f"{r.tier}: {r.name}" for r in releases) + " |"
     lines = [head, "|---|---|" + "---|" * len(releases)]
     for right in RIGHTS:
         cells = []
         for release, result in zip(releases, results):
             chapter = right.api_chapter if release.endpoint is not None else right.chapter
-            cells.append(f"{result[right.key].mark} [ch. {chapter[:2]}]({chapter}.ipynb)")
+            outcome = result[right.key]
+            cells.append(f"{outcome.mark} {outcome.how} [ch. {chapter[:2]}]({chapter}.ipynb)")
         lines.append(f"| {right.label} | {right.freedom} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

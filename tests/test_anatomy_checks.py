@@ -7,6 +7,7 @@ with a deliberately wrong answer and asserts on the message the learner would se
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 from pathlib import Path
@@ -19,12 +20,16 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from glassbox.exercise_checks.anatomy import (
     check_conv1d_to_linear,
+    check_count_llama_parameters,
     check_count_parameters,
     check_model_size_mb,
     check_read_safetensors_header,
     check_split_qkv,
+    llama_config,
+    reference_llama_count,
     reference_parameter_count,
 )
+from glassbox.paths import DATA_DIR
 from glassbox.exercise_checks.feedback import ExerciseFailed, check_number, check_tensor
 
 
@@ -436,3 +441,53 @@ def test_check_number_factor_and_mib() -> None:
     fails_with(check_number, np.float64(101.0), 100.0, "x", match="off by 1")
     fails_with(check_number, True, 1.0, "x", match="bool")
     check_number(torch.tensor(100.0), 100.0, "x")
+
+
+# ----------------------------------------------------------------- count_llama_parameters (moved from chapter 01)
+
+def llama_ok(c):
+    d, v, inner = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
+    hd = c.get("head_dim") or d // c["num_attention_heads"]
+    attention = 2 * d * c["num_attention_heads"] * hd + 2 * d * c["num_key_value_heads"] * hd
+    block = attention + 3 * d * inner + 2 * d
+    head = 0 if c["tie_word_embeddings"] else v * d
+    return v * d + head + c["num_hidden_layers"] * block + d
+
+
+def test_reference_count_matches_the_data_file() -> None:
+    rows = {row["model"]: row for row in csv.DictReader((DATA_DIR / "model_configs.csv").open())}
+    for model in ("Llama 3 8B", "Mistral 7B"):
+        assert reference_llama_count(llama_config(rows[model])) == int(rows[model]["total_parameters"])
+
+
+def test_llama_accepts_right_answer(capsys) -> None:
+    check_count_llama_parameters(llama_ok)
+    out = capsys.readouterr().out
+    assert out.startswith("✓") and out.count("\n") == 1, out
+    assert "8,030,261,248" in out and "7,241,732,096" in out
+
+
+def without(c, **changes):
+    return {**c, **changes}
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda c: llama_ok(without(c, tie_word_embeddings=True)), "does not tie"),
+    (lambda c: llama_ok(without(c, num_key_value_heads=c["num_attention_heads"])), "grouped-query"),
+    (lambda c: llama_ok(c) - c["num_hidden_layers"] * c["hidden_size"] * c["intermediate_size"], "three matrices"),
+    (lambda c: llama_ok(c) - (2 * c["num_hidden_layers"] + 1) * c["hidden_size"], "rmsnorms"),
+    (lambda c: llama_ok(c) - c["hidden_size"], "final norm"),
+    (lambda c: llama_ok(c) + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"], "no bias"),
+    (lambda c: llama_ok(c) * 2, "factor of 2"),
+    (lambda c: llama_ok(c) / 1e9, "whole number"),
+    (lambda c: f"{llama_ok(c) / 1e9:.1f}B", "should be a number"),
+    (lambda c: c["num_layers"], "config's keys"),
+])
+def test_llama_known_mistakes(wrong, hint) -> None:
+    fails_with(check_count_llama_parameters, wrong, match=hint)
+
+
+def test_llama_tied_config_counted_twice() -> None:
+    def head_always(c):
+        return llama_ok(without(c, tie_word_embeddings=False))
+    fails_with(check_count_llama_parameters, head_always, match="count that matrix once")

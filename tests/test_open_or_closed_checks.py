@@ -3,7 +3,9 @@
 Each test calls a check function directly with a deliberately wrong answer and asserts on
 the message the learner would see. The references themselves are tested too: the
 classification rule against the definition's components, the openness sums against the
-tables, and the Llama count against data/model_configs.csv.
+tables, the cost against hand-worked prices, and the licence answers against the licence
+texts' terms as data/licences.csv records them (the 700 million test made once, on the release
+date; unknown kept apart from no).
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import pytest
 
 from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.exercise_checks.open_or_closed import (
+    ANSWERS,
     LABELS,
+    MAU_COLUMN,
+    check_api_cost,
     check_classify_release,
-    check_count_llama_parameters,
-    check_licence_allows,
+    check_licence_answer,
     check_openness_score,
-    llama_config,
-    reference_llama_count,
+    reference_api_cost,
+    reference_licence_answer,
 )
 from glassbox.paths import DATA_DIR
 
@@ -105,86 +109,126 @@ def test_openness_known_mistakes(wrong, hint) -> None:
     fails_with(check_openness_score, wrong, hint)
 
 
-# ----------------------------------------------------------------- count_llama_parameters
+# ----------------------------------------------------------------- api_cost
 
-def llama_ok(c):
-    d, v, inner = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
-    hd = c.get("head_dim") or d // c["num_attention_heads"]
-    attention = 2 * d * c["num_attention_heads"] * hd + 2 * d * c["num_key_value_heads"] * hd
-    block = attention + 3 * d * inner + 2 * d
-    head = 0 if c["tie_word_embeddings"] else v * d
-    return v * d + head + c["num_hidden_layers"] * block + d
+def cost_ok(row, n_in, n_out):
+    return (n_in * float(row["usd_per_1m_input"]) + n_out * float(row["usd_per_1m_output"])) / 1_000_000
 
 
-def test_reference_count_matches_the_data_file() -> None:
-    rows = {row["model"]: row for row in csv.DictReader((DATA_DIR / "model_configs.csv").open())}
-    for model in ("Llama 3 8B", "Mistral 7B"):
-        assert reference_llama_count(llama_config(rows[model])) == int(rows[model]["total_parameters"])
+def test_reference_cost_by_hand() -> None:
+    row = {"usd_per_1m_input": "0.15", "usd_per_1m_output": "0.60"}
+    # 1,000,000 tokens in at $0.15 and 500,000 out at $0.60 per million: 0.15 + 0.30
+    assert reference_api_cost(row, 1_000_000, 500_000) == pytest.approx(0.45)
 
 
-def test_llama_accepts_right_answer(capsys) -> None:
-    out = passes(check_count_llama_parameters, llama_ok, capsys)
-    assert "8,030,261,248" in out and "7,241,732,096" in out
-
-
-def without(c, **changes):
-    return {**c, **changes}
+def test_cost_accepts_right_answer(capsys) -> None:
+    out = passes(check_api_cost, cost_ok, capsys)
+    n_rows = sum(1 for _ in csv.DictReader((DATA_DIR / "api_prices.csv").open()))
+    assert f"all {n_rows} dated prices" in out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda c: llama_ok(without(c, tie_word_embeddings=True)), "does not tie"),
-    (lambda c: llama_ok(without(c, num_key_value_heads=c["num_attention_heads"])), "grouped-query"),
-    (lambda c: llama_ok(c) - c["num_hidden_layers"] * c["hidden_size"] * c["intermediate_size"], "three matrices"),
-    (lambda c: llama_ok(c) - (2 * c["num_hidden_layers"] + 1) * c["hidden_size"], "rmsnorms"),
-    (lambda c: llama_ok(c) - c["hidden_size"], "final norm"),
-    (lambda c: llama_ok(c) + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"], "no bias"),
-    (lambda c: llama_ok(c) * 2, "factor of 2"),
-    (lambda c: llama_ok(c) / 1e9, "whole number"),
-    (lambda c: f"{llama_ok(c) / 1e9:.1f}B", "should be a number"),
-    (lambda c: c["num_layers"], "config's keys"),
+    (lambda row, i, o: cost_ok({**row, "usd_per_1m_input": row["usd_per_1m_output"],
+                                "usd_per_1m_output": row["usd_per_1m_input"]}, i, o), "swapped the prices"),
+    (lambda row, i, o: cost_ok(row, 0, o), "only the output"),
+    (lambda row, i, o: cost_ok(row, i, 0), "only the input"),
+    (lambda row, i, o: cost_ok(row, i, o) * 1000, "not per thousand"),
+    (lambda row, i, o: cost_ok({**row, "usd_per_1m_input": row["usd_per_1m_cached_input"] or row["usd_per_1m_input"]},
+                               i, o), "cached"),
+    (lambda row, i, o: row["usd_per_1m_input"], "should be a number"),
+    (lambda row, i, o: None, "return"),
 ])
-def test_llama_known_mistakes(wrong, hint) -> None:
-    fails_with(check_count_llama_parameters, wrong, hint)
+def test_cost_known_mistakes(wrong, hint) -> None:
+    fails_with(check_api_cost, wrong, hint)
 
 
-def test_llama_tied_config_counted_twice() -> None:
-    def head_always(c):
-        return llama_ok(without(c, tie_word_embeddings=False))
-    fails_with(check_count_llama_parameters, head_always, "count that matrix once")
+# ----------------------------------------------------------------- licence_answer
+
+def answer_ok(row, at_release, now, train):
+    if row["weights_released"] != "yes":
+        return "no"
+    threshold = row[MAU_COLUMN]
+    if threshold.isdigit() and at_release > int(threshold):
+        return "no"
+    answers = [{"yes": "yes", "no": "no"}.get(row["commercial_use"], "unknown")]
+    if train:
+        answers.append({"allowed": "yes", "allowed with conditions": "yes",
+                        "forbidden": "no"}.get(row["outputs_to_train_other_models"], "unknown"))
+    return "no" if "no" in answers else "unknown" if "unknown" in answers else "yes"
 
 
-# ----------------------------------------------------------------- licence_allows
+def licences() -> dict[str, dict[str, str]]:
+    return {row["model"]: row for row in csv.DictReader((DATA_DIR / "licences.csv").open())}
 
-def allows_ok(row, users, train_other_model):
-    if row["weights_released"] != "yes" or row["commercial_use"] != "yes":
-        return False
-    cap = row["user_cap_monthly_active_users"]
-    if cap and users > int(cap):
-        return False
-    return not train_other_model or row["outputs_to_train_other_models"] == "allowed"
+
+def test_the_700m_clause_is_recorded_as_a_release_date_test() -> None:
+    rows = licences()
+    assert "user_cap_monthly_active_users" not in next(iter(rows.values())), "the old 'user cap' column is back"
+    for model in ("Llama 2", "Llama 3", "Llama 3.1"):
+        row = rows[model]
+        assert row[MAU_COLUMN] == "700000000", row
+        assert "release date" in row["source"] and "preceding calendar month" in row["source"], row["source"]
+        assert "cap" not in row["source"].lower(), row["source"]
+
+
+def test_llama_versions_differ_on_training_other_models() -> None:
+    rows = licences()
+    assert rows["Llama 2"]["outputs_to_train_other_models"] == "forbidden"
+    assert rows["Llama 3"]["outputs_to_train_other_models"] == "forbidden"
+    assert rows["Llama 3.1"]["outputs_to_train_other_models"] == "allowed with conditions"
+    assert "attribution" in rows["Llama 3.1"]["source"]
+
+
+def test_gemma_allows_commercial_use_and_bloomz_is_not_osi() -> None:
+    rows = licences()
+    assert rows["Gemma"]["commercial_use"] == "yes" and "Prohibited Use Policy" in rows["Gemma"]["source"]
+    assert rows["BLOOMZ"]["osi_approved"] == "no" and "RAIL" in rows["BLOOMZ"]["licence"]
+
+
+def test_reference_keeps_unknown_apart_from_no() -> None:
+    rows = licences()
+    assert reference_licence_answer(rows["BLOOMZ"], 50_000, 50_000, False) == "unknown"
+    assert reference_licence_answer(rows["Gemma"], 50_000, 50_000, False) == "yes"
+    unknown_but_forbidden = {**rows["Llama 3"], "commercial_use": "unknown"}
+    assert reference_licence_answer(unknown_but_forbidden, 50_000, 50_000, True) == "no", "a 'no' wins over unknown"
+
+
+def test_reference_700m_is_tested_once_at_release() -> None:
+    llama3 = licences()["Llama 3"]
+    assert reference_licence_answer(llama3, 50_000, 2_000_000_000, False) == "yes"
+    assert reference_licence_answer(llama3, 700_000_000, 700_000_000, False) == "yes"
+    assert reference_licence_answer(llama3, 700_000_001, 1, False) == "no"
 
 
 def test_licence_accepts_right_answer(capsys) -> None:
-    passes(check_licence_allows, allows_ok, capsys)
+    out = passes(check_licence_answer, answer_ok, capsys)
+    assert "unknown stays unknown" in out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda row, u, t: allows_ok({**row, "user_cap_monthly_active_users": ""}, u, t), "separate licence above"),
-    (lambda row, u, t: allows_ok(row, u + 1, t), ">="),
-    (lambda row, u, t: allows_ok(row, u, False), "forbids using the outputs"),
-    (lambda row, u, t: allows_ok({**row, "commercial_use": "yes", "outputs_to_train_other_models": "allowed"}
-                                 if row["commercial_use"] == "unknown" else row, u, t), "'unknown' is not 'yes'"),
-    (lambda row, u, t: True if row["weights_released"] == "no" else allows_ok(row, u, t), "no weights"),
-    (lambda row, u, t: "yes" if allows_ok(row, u, t) else "no", "true or false"),
-    (lambda row, u, t: int(allows_ok(row, u, t)), "should be a bool"),
-    (lambda row, u, t: row["user_cap_monthly_active_users"] and u > int(row["user_cap_monthly_active_users"]),
-     "empty string"),
+    (lambda row, r, n, t: "no" if answer_ok(row, r, n, t) == "unknown" else answer_ok(row, r, n, t), "'unknown' is not 'no'"),
+    (lambda row, r, n, t: "yes" if answer_ok(row, r, n, t) == "unknown" else answer_ok(row, r, n, t), "'unknown' is not 'no' and not 'yes'"),
+    (lambda row, r, n, t: answer_ok(row, n, n, t), "test made once"),
+    (lambda row, r, n, t: answer_ok({**row, MAU_COLUMN: ""}, r, n, t), "separate licence from meta"),
+    (lambda row, r, n, t: answer_ok(row, r + 1, n, t), ">="),
+    (lambda row, r, n, t: answer_ok(row, r, n, False), "forbids using the outputs"),
+    (lambda row, r, n, t: answer_ok({**row, "outputs_to_train_other_models": "forbidden"}
+                                    if row["outputs_to_train_other_models"] == "allowed with conditions" else row,
+                                    r, n, t), "'allowed with conditions' is allowed"),
+    (lambda row, r, n, t: "yes" if row["weights_released"] == "no" else answer_ok(row, r, n, t), "no weights"),
+    (lambda row, r, n, t: answer_ok(row, r, n, t) == "yes", "a bool cannot say 'unknown'"),
+    (lambda row, r, n, t: answer_ok(row, r, n, t).upper(), "exactly one of"),
+    (lambda row, r, n, t: None, "return"),
 ])
 def test_licence_known_mistakes(wrong, hint) -> None:
-    fails_with(check_licence_allows, wrong, hint)
+    fails_with(check_licence_answer, wrong, hint)
 
 
-def test_licence_empty_cap_int_crash_gets_hint() -> None:
-    def crashes(row, users, train):
-        return users <= int(row["user_cap_monthly_active_users"])
-    fails_with(check_licence_allows, crashes, "empty user cap means no cap")
+def test_licence_empty_threshold_int_crash_gets_hint() -> None:
+    def crashes(row, at_release, now, train):
+        return "no" if at_release > int(row[MAU_COLUMN]) else "yes"
+    fails_with(check_licence_answer, crashes, "empty threshold means no such clause")
+
+
+def test_answers_are_three() -> None:
+    assert ANSWERS == ("yes", "no", "unknown")

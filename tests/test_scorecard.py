@@ -3,7 +3,10 @@
 Withhold one artefact of a release and the marks that need it flip, with the error the
 experiment met; give it back and they flip again. The closed tier is the course's real
 provider (a uvicorn process reached by the real ``openai`` client), and ``network_cut``
-is tested against a real listening socket.
+is tested against a real listening socket, under both its strict form and the offline rule
+(loopback allowed). Each mark says whether it was measured or built in, and the tier rule
+reads the licence: a use-restricting licence keeps a release with open code, data and
+weights out of "fully open".
 """
 
 from __future__ import annotations
@@ -64,6 +67,50 @@ def test_no_weights_folder_at_all_is_not_released(tmp_path) -> None:
     outcome = scorecard.score(scorecard.Release("nothing", "closed"), tmp_path)
     assert not any(o.ok for o in outcome.values())
     assert outcome["weights"].detail.startswith("NotReleased")
+    assert all(o.how == scorecard.BUILT_IN for o in outcome.values()), outcome
+
+
+def test_marks_say_how_they_were_obtained(weights_scores) -> None:
+    full = weights_scores["full"]
+    assert all(o.how == scorecard.MEASURED for key, o in full.items() if key in WEIGHT_RIGHTS), full
+    # this release was assembled without the data: its ❌ for data and retraining is by construction
+    assert not full["data"].ok and full["data"].how == scorecard.BUILT_IN, full["data"]
+    assert not full["retrain"].ok and full["retrain"].how == scorecard.BUILT_IN, full["retrain"]
+    # a weights file withheld from a folder is still measured: the experiment looked and did not find it
+    withheld = weights_scores["withheld"]
+    assert withheld["weights"].how == scorecard.MEASURED and "model.safetensors" in withheld["weights"].detail
+
+
+def test_the_table_shows_how_each_mark_was_obtained() -> None:
+    release = scorecard.Release("a", "fully open")
+    outcomes = {r.key: scorecard.Outcome(True, "", scorecard.MEASURED) for r in scorecard.RIGHTS}
+    outcomes["data"] = scorecard.Outcome(False, "NotReleased", scorecard.BUILT_IN)
+    table = scorecard.to_markdown([release], [outcomes])
+    assert table.count("✅ measured") == len(scorecard.RIGHTS) - 1 and table.count("❌ built in") == 1, table
+
+
+# ----------------------------------------------------------------- the tier rule
+
+@pytest.mark.parametrize("licence, tier", [("open", "fully open"), ("yes", "fully open"),
+                                           ("partial", "open weights"), ("closed", "open weights")])
+def test_a_restrictive_licence_changes_the_tier(licence, tier) -> None:
+    got, reason = scorecard.tier_of("open", "open", "open", licence)
+    assert got == tier, (licence, got, reason)
+    if tier == "open weights":
+        assert "licence" in reason and "OSI" in reason, reason
+
+
+def test_tier_rule_on_the_openness_table_puts_bloomz_with_open_weights() -> None:
+    import csv
+
+    from glassbox.paths import DATA_DIR
+
+    rows = {r["yaml"]: r for r in csv.DictReader((DATA_DIR / "openness_opening_up_chatgpt.csv").open())}
+    tiers = {y: scorecard.tier_of(r["llmweights"], r["llmdata"], r["opencode"], r["license"]) for y, r in rows.items()}
+    assert tiers["bloomz.yaml"][0] == "open weights" and "licence" in tiers["bloomz.yaml"][1], tiers["bloomz.yaml"]
+    assert tiers["olmo-7b-instruct.yaml"][0] == "fully open"
+    assert tiers["chatgpt.yaml"][0] == "closed API"
+    assert "data closed" in tiers["mistral-7B.yaml"][1]
 
 
 def test_training_data_read_and_verified() -> None:
@@ -125,6 +172,30 @@ def test_network_cut_refuses_and_records_a_real_connection(server) -> None:
         connection.close()
 
 
+def test_the_offline_rule_lets_loopback_through_and_records_it(server) -> None:
+    address = server.getsockname()
+    with scorecard.network_cut(allow_loopback=True) as attempts:
+        with socket.create_connection(address, timeout=1):
+            connection, _ = server.accept()
+            connection.close()
+    assert list(attempts) == [] and [tuple(a[:2]) for a in attempts.allowed] == [address]
+
+
+def test_a_loopback_stand_in_for_a_remote_server_is_refused(server) -> None:
+    address = server.getsockname()
+    with scorecard.network_cut(allow_loopback=True, remote=(address,)) as attempts:
+        with pytest.raises(scorecard.NetworkCut):
+            socket.create_connection(address, timeout=1)
+    assert [tuple(a[:2]) for a in attempts] == [address] and attempts.allowed == []
+
+
+def test_the_offline_rule_still_refuses_off_machine_addresses() -> None:
+    with scorecard.network_cut(allow_loopback=True) as attempts:
+        with pytest.raises(scorecard.NetworkCut):
+            socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1: never a real host
+    assert [tuple(a[:2]) for a in attempts] == [("192.0.2.1", 80)]
+
+
 def test_network_cut_catches_code_that_swallows_the_error(server) -> None:
     with scorecard.network_cut() as attempts:
         try:
@@ -150,6 +221,17 @@ def test_the_api_tier_gives_only_use(api) -> None:
     assert "APIConnectionError" in results["offline"].detail and "network cut" in results["offline"].detail
     assert "NotFoundError" in results["weights"].detail and "404" in results["weights"].detail
     assert "only" in results["architecture"].detail and "id" in results["architecture"].detail
+    assert results["use"].how == scorecard.MEASURED
+    assert all(results[key].how == scorecard.BUILT_IN for key in results if key != "use"), results
+
+
+def test_the_api_answers_under_the_offline_rule_when_not_a_stand_in(api) -> None:
+    """Loopback is allowed by the rule: only the provider's standing for a remote machine makes it fail."""
+    from glassbox.api import Endpoint
+
+    local = Endpoint(client=api.client, model=api.model, base_url=api.base_url, is_course_provider=False)
+    outcome = scorecard._attempt(lambda: scorecard.try_offline_api(local))
+    assert outcome.ok and "network cut" in outcome.detail, outcome
 
 
 def test_a_bad_key_flips_use(api) -> None:

@@ -9,6 +9,10 @@ allocates no memory.
 Known mistakes (an untied head, forgotten position embeddings, biases, LayerNorms...)
 are computed from the same config with one piece changed, so their hints fire for
 whichever model is loaded.
+
+Exercise 6 counts a Llama-style model (grouped-query attention, SwiGLU, RMSNorm) from a
+published config in ``data/model_configs.csv``; its reference is the model ``transformers``
+builds from the same config on the meta device.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ from glassbox.exercise_checks.feedback import (
 
 __all__ = [
     "check_conv1d_to_linear",
+    "check_count_llama_parameters",
     "check_count_parameters",
     "check_model_size_mb",
     "check_read_safetensors_header",
     "check_split_qkv",
+    "llama_config",
+    "reference_llama_count",
     "reference_parameter_count",
 ]
 
@@ -519,3 +526,135 @@ def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float]
                      rel_tol=1e-6, hint=f"{dtype} takes {nbytes} byte(s) per value.")
     passed(f"model_size_mb: {n_params * 4 / 1e6:,.1f} MB in float32, "
            f"{n_params * 2 / 1e6:,.1f} MB in float16/bfloat16, {n_params / 1e6:,.1f} MB in int8.")
+
+
+# --------------------------------------------------------------------------- exercise 6: Llama 3 8B from its config
+#
+# Moved here from chapter 01 with the architecture-from-config section.
+
+def llama_config(row: dict[str, str]) -> dict[str, Any]:
+    """A row of data/model_configs.csv as the keys of a Llama/Mistral ``config.json``."""
+    return {
+        "vocab_size": int(row["vocab_size"]),
+        "hidden_size": int(row["hidden_size"]),
+        "intermediate_size": int(row["intermediate_size"]),
+        "num_hidden_layers": int(row["num_layers"]),
+        "num_attention_heads": int(row["num_heads"]),
+        "num_key_value_heads": int(row["num_kv_heads"]),
+        "head_dim": int(row["head_dim"]),
+        "tie_word_embeddings": row["tied_embeddings"] == "yes",
+    }
+
+
+@lru_cache(maxsize=16)
+def _llama_meta_count(items: tuple[tuple[str, Any], ...]) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**dict(items)))
+    return sum(p.numel() for p in model.parameters())
+
+
+def reference_llama_count(config: dict[str, Any]) -> int:
+    """Parameters of ``LlamaForCausalLM(LlamaConfig(**config))``, built on the meta device (no memory)."""
+    return _llama_meta_count(tuple(sorted(config.items())))
+
+
+def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_heads: int | None = None,
+             mlp_matrices: int = 3, norm_size: int = 1, block_norms: bool = True, final_norm: bool = True,
+             biases: bool = False) -> int:
+    """The parameter count with one piece changeable, to compute the usual mistakes."""
+    v, d, inner = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv = config["num_key_value_heads"] if kv_heads is None else kv_heads
+    hd = config.get("head_dim") or d // heads
+    tied = config["tie_word_embeddings"] if untied is None else not untied
+    attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d
+    if biases:
+        attention += heads * hd + 2 * kv * hd + d
+    mlp = mlp_matrices * d * inner
+    norms = 2 * norm_size * d if block_norms else 0
+    block = attention + mlp + norms
+    head = 0 if tied else v * d
+    return v * d + head + config["num_hidden_layers"] * block + (norm_size * d if final_norm else 0)
+
+
+def _llama_mistakes(config: dict[str, Any]) -> list[tuple[float, str]]:
+    tied = config["tie_word_embeddings"]
+    candidates = [
+        (dict(untied=False), "This model does not tie its output layer to the token embedding "
+                             "(tie_word_embeddings is false): lm_head is a second vocab_size x "
+                             "hidden_size matrix."),
+        (dict(untied=True), "This config ties the output layer to the embedding "
+                            "(tie_word_embeddings is true): count that matrix once."),
+        (dict(kv_heads=config["num_attention_heads"]),
+         "Grouped-query attention: k_proj and v_proj have num_key_value_heads x head_dim outputs, "
+         "not num_attention_heads x head_dim. Only q_proj and o_proj are hidden_size x hidden_size."),
+        (dict(mlp_matrices=2), "SwiGLU has three matrices: gate_proj and up_proj (hidden -> "
+                               "intermediate) and down_proj (intermediate -> hidden)."),
+        (dict(block_norms=False, final_norm=False), "You forgot the RMSNorms: two per layer "
+                                                    "(input and post-attention) and one at the end, "
+                                                    "each hidden_size weights."),
+        (dict(block_norms=False), "You forgot the two RMSNorms in every layer (input_layernorm and "
+                                  "post_attention_layernorm)."),
+        (dict(final_norm=False), "You forgot the final norm (model.norm) after the last layer."),
+        (dict(norm_size=2), "RMSNorm has a weight but no bias: hidden_size parameters, not 2 x hidden_size."),
+        (dict(biases=True), "Llama's linear layers have no biases (attention_bias is false)."),
+    ]
+    correct = _llama_formula(config)
+    out: list[tuple[float, str]] = []
+    for overrides, hint in candidates:
+        if overrides.get("untied") is True and not tied:
+            continue
+        value = _llama_formula(config, **overrides)
+        if value != correct and all(value != v for v, _ in out):
+            out.append((value, hint))
+    return out
+
+
+def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
+    rows = {row["model"]: row for row in _config_rows()}
+    return [
+        ("Llama 3 8B (data/model_configs.csv)", llama_config(rows["Llama 3 8B"])),
+        ("Mistral 7B (data/model_configs.csv)", llama_config(rows["Mistral 7B"])),
+        ("a small tied config with 2 key-value heads",
+         {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 200, "num_hidden_layers": 3,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True}),
+    ]
+
+
+def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any]], int]) -> None:
+    """Check ``count_llama_parameters(config) -> int`` on Llama 3 8B, Mistral 7B and a small config.
+
+    The reference is the model ``transformers`` builds from the same config on the meta device;
+    the check also confirms that it equals the total in data/model_configs.csv.
+    """
+    rows = {row["model"]: row for row in _config_rows()}
+    results = []
+    for label, config in _llama_cases():
+        expected = reference_llama_count(config)
+        for model, row in rows.items():
+            if label.startswith(model) and int(row["total_parameters"]) != expected:
+                raise RuntimeError(f"data/model_configs.csv says {model} has {row['total_parameters']} "
+                                   f"parameters; transformers builds {expected:,}")
+        got = call_learner(count_llama_parameters, dict(config), name="count_llama_parameters",
+                           hints={KeyError: "Use the config's keys: " + ", ".join(config) + "."})
+        check_number(got, expected, f"count_llama_parameters for {label}",
+                     known_mistakes=_llama_mistakes(config), integer=True,
+                     hint="Embedding, then per layer: q, k, v, o projections, gate, up, down, two "
+                          "norms; then the final norm and, if untied, lm_head.")
+        results.append(int(got))
+    passed(f"count_llama_parameters: {results[0]:,} for Llama 3 8B and {results[1]:,} for Mistral 7B "
+           "(the totals transformers builds from their configs), and right for a small tied config.")
+
+
+
+
+def _config_rows() -> list[dict[str, str]]:
+    import csv
+
+    from glassbox.paths import DATA_DIR
+
+    with (DATA_DIR / "model_configs.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))

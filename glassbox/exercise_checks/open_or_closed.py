@@ -3,12 +3,16 @@
 Each ``check_*`` function calls the learner's function and compares the result with a
 reference computed here: the classification by the check's own reading of the OSI Open
 Source AI Definition 1.0, the openness sums published in the two openness tables of
-``data/``, the parameter count of Llama-style models built on PyTorch's meta device by
-``transformers`` itself, and the licence terms in ``data/licences.csv``.
+``data/``, the cost of a workload at the dated prices of ``data/api_prices.csv``, and the
+licence terms in ``data/licences.csv`` (answered "yes", "no" or "unknown": unknown is never
+read as no, nor as yes).
 
-Known mistakes are computed from the same inputs with one step changed (a head counted
-as tied, grouped-query attention ignored, SwiGLU's third matrix forgotten, "partial"
-counted as 0...), so their hints name the mistake for whichever case triggered it.
+Known mistakes are computed from the same inputs with one step changed ("partial" counted
+as 0, a price per thousand tokens, the 700 million test applied to today's users, unknown
+read as no...), so their hints name the mistake for whichever case triggered it.
+
+(Counting Llama 3 8B's parameters from its config moved to chapter 02's checks, in
+``glassbox.exercise_checks.anatomy``.)
 """
 
 from __future__ import annotations
@@ -16,25 +20,32 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, passed
 from glassbox.paths import DATA_DIR
 
 __all__ = [
+    "ANSWERS",
     "LABELS",
+    "MAU_COLUMN",
+    "check_api_cost",
     "check_classify_release",
-    "check_count_llama_parameters",
-    "check_licence_allows",
+    "check_licence_answer",
     "check_openness_score",
-    "llama_config",
+    "reference_api_cost",
     "reference_classification",
-    "reference_llama_count",
+    "reference_licence_answer",
 ]
 
 LABELS = ("open source", "open weights", "open access", "closed")
 """The four answers of exercise 1."""
+
+ANSWERS = ("yes", "no", "unknown")
+"""The three answers of exercise 4: a licence question whose terms are not established is "unknown"."""
+
+MAU_COLUMN = "separate_licence_if_mau_at_release_above"
+"""data/licences.csv's column for Llama's 700 million clause: a test made once, on the release date."""
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -208,181 +219,160 @@ def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], f
 
 # --------------------------------------------------------------------------- exercise 3
 
-def llama_config(row: dict[str, str]) -> dict[str, Any]:
-    """A row of data/model_configs.csv as the keys of a Llama/Mistral ``config.json``."""
-    return {
-        "vocab_size": int(row["vocab_size"]),
-        "hidden_size": int(row["hidden_size"]),
-        "intermediate_size": int(row["intermediate_size"]),
-        "num_hidden_layers": int(row["num_layers"]),
-        "num_attention_heads": int(row["num_heads"]),
-        "num_key_value_heads": int(row["num_kv_heads"]),
-        "head_dim": int(row["head_dim"]),
-        "tie_word_embeddings": row["tied_embeddings"] == "yes",
-    }
+PER = 1_000_000
+"""data/api_prices.csv gives US dollars per million tokens."""
 
 
-@lru_cache(maxsize=16)
-def _meta_count(items: tuple[tuple[str, Any], ...]) -> int:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**dict(items)))
-    return sum(p.numel() for p in model.parameters())
+def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: int) -> float:
+    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of data/api_prices.csv."""
+    return (input_tokens * float(row["usd_per_1m_input"]) + output_tokens * float(row["usd_per_1m_output"])) / PER
 
 
-def reference_llama_count(config: dict[str, Any]) -> int:
-    """Parameters of ``LlamaForCausalLM(LlamaConfig(**config))``, built on the meta device (no memory)."""
-    return _meta_count(tuple(sorted(config.items())))
-
-
-def _formula(config: dict[str, Any], *, untied: bool | None = None, kv_heads: int | None = None,
-             mlp_matrices: int = 3, norm_size: int = 1, block_norms: bool = True, final_norm: bool = True,
-             biases: bool = False) -> int:
-    """The parameter count with one piece changeable, to compute the usual mistakes."""
-    v, d, inner = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    kv = config["num_key_value_heads"] if kv_heads is None else kv_heads
-    hd = config.get("head_dim") or d // heads
-    tied = config["tie_word_embeddings"] if untied is None else not untied
-    attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d
-    if biases:
-        attention += heads * hd + 2 * kv * hd + d
-    mlp = mlp_matrices * d * inner
-    norms = 2 * norm_size * d if block_norms else 0
-    block = attention + mlp + norms
-    head = 0 if tied else v * d
-    return v * d + head + config["num_hidden_layers"] * block + (norm_size * d if final_norm else 0)
-
-
-def _llama_mistakes(config: dict[str, Any]) -> list[tuple[float, str]]:
-    tied = config["tie_word_embeddings"]
+def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> list[tuple[float, str]]:
+    price_in, price_out = float(row["usd_per_1m_input"]), float(row["usd_per_1m_output"])
+    cached = float(row["usd_per_1m_cached_input"]) if row.get("usd_per_1m_cached_input") else None
     candidates = [
-        (dict(untied=False), "This model does not tie its output layer to the token embedding "
-                             "(tie_word_embeddings is false): lm_head is a second vocab_size x "
-                             "hidden_size matrix."),
-        (dict(untied=True), "This config ties the output layer to the embedding "
-                            "(tie_word_embeddings is true): count that matrix once."),
-        (dict(kv_heads=config["num_attention_heads"]),
-         "Grouped-query attention: k_proj and v_proj have num_key_value_heads x head_dim outputs, "
-         "not num_attention_heads x head_dim. Only q_proj and o_proj are hidden_size x hidden_size."),
-        (dict(mlp_matrices=2), "SwiGLU has three matrices: gate_proj and up_proj (hidden -> "
-                               "intermediate) and down_proj (intermediate -> hidden)."),
-        (dict(block_norms=False, final_norm=False), "You forgot the RMSNorms: two per layer "
-                                                    "(input and post-attention) and one at the end, "
-                                                    "each hidden_size weights."),
-        (dict(block_norms=False), "You forgot the two RMSNorms in every layer (input_layernorm and "
-                                  "post_attention_layernorm)."),
-        (dict(final_norm=False), "You forgot the final norm (model.norm) after the last layer."),
-        (dict(norm_size=2), "RMSNorm has a weight but no bias: hidden_size parameters, not 2 x hidden_size."),
-        (dict(biases=True), "Llama's linear layers have no biases (attention_bias is false)."),
+        ((n_in * price_out + n_out * price_in) / PER,
+         "You swapped the prices: input tokens cost usd_per_1m_input, output tokens usd_per_1m_output."),
+        (n_out * price_out / PER, "You priced only the output tokens: the prompt (input) is paid for too."),
+        (n_in * price_in / PER, "You priced only the input tokens: the generated (output) tokens cost more."),
+        ((n_in + n_out) * price_in / PER, "You priced every token at the input price; output tokens have their own price."),
+        ((n_in + n_out) * price_out / PER, "You priced every token at the output price; input tokens are cheaper."),
+        ((n_in * price_in + n_out * price_out) / 1_000,
+         "The prices are per million tokens (usd_per_1m_...), not per thousand: divide by 1,000,000."),
+        (n_in * price_in + n_out * price_out,
+         "The prices are per million tokens: divide tokens x price by 1,000,000."),
     ]
-    correct = _formula(config)
+    if cached is not None:
+        candidates.append(((n_in * cached + n_out * price_out) / PER,
+                           "usd_per_1m_cached_input is the discount for a prompt the provider has "
+                           "cached; an ordinary request pays usd_per_1m_input."))
+    correct = reference_api_cost(row, n_in, n_out)
     out: list[tuple[float, str]] = []
-    for overrides, hint in candidates:
-        if overrides.get("untied") is True and not tied:
-            continue
-        value = _formula(config, **overrides)
-        if value != correct and all(value != v for v, _ in out):
+    for value, hint in candidates:
+        if not math.isclose(value, correct, rel_tol=1e-9) and all(not math.isclose(value, v) for v, _ in out):
             out.append((value, hint))
     return out
 
 
-def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
-    rows = {row["model"]: row for row in _rows("model_configs.csv")}
-    return [
-        ("Llama 3 8B (data/model_configs.csv)", llama_config(rows["Llama 3 8B"])),
-        ("Mistral 7B (data/model_configs.csv)", llama_config(rows["Mistral 7B"])),
-        ("a small tied config with 2 key-value heads",
-         {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 200, "num_hidden_layers": 3,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True}),
-    ]
+def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:
+    """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every row of data/api_prices.csv.
 
-
-def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any]], int]) -> None:
-    """Check ``count_llama_parameters(config) -> int`` on Llama 3 8B, Mistral 7B and a small config.
-
-    The reference is the model ``transformers`` builds from the same config on the meta device;
-    the check also confirms that it equals the total in data/model_configs.csv.
+    Workloads have different input and output counts, so swapped prices, a forgotten side
+    and a per-thousand reading give different numbers, each named by its hint.
     """
-    rows = {row["model"]: row for row in _rows("model_configs.csv")}
-    results = []
-    for label, config in _llama_cases():
-        expected = reference_llama_count(config)
-        for model, row in rows.items():
-            if label.startswith(model) and int(row["total_parameters"]) != expected:
-                raise RuntimeError(f"data/model_configs.csv says {model} has {row['total_parameters']} "
-                                   f"parameters; transformers builds {expected:,}")
-        got = call_learner(count_llama_parameters, dict(config), name="count_llama_parameters",
-                           hints={KeyError: "Use the config's keys: " + ", ".join(config) + "."})
-        check_number(got, expected, f"count_llama_parameters for {label}",
-                     known_mistakes=_llama_mistakes(config), integer=True,
-                     hint="Embedding, then per layer: q, k, v, o projections, gate, up, down, two "
-                          "norms; then the final norm and, if untied, lm_head.")
-        results.append(int(got))
-    passed(f"count_llama_parameters: {results[0]:,} for Llama 3 8B and {results[1]:,} for Mistral 7B "
-           "(the totals transformers builds from their configs), and right for a small tied config.")
+    rows = _rows("api_prices.csv")
+    workloads = [(1_000, 200, "a 1,000-token prompt with a 200-token answer"),
+                 (30 * 500 * 1_200, 30 * 500 * 300, "a month of 500 chats a day (1,200 tokens in, 300 out each)"),
+                 (0, 1, "a single output token")]
+    for row in rows:
+        for n_in, n_out, what in workloads:
+            expected = reference_api_cost(row, n_in, n_out)
+            got = call_learner(api_cost, dict(row), n_in, n_out, name="api_cost",
+                               hints={KeyError: "The row's columns are: " + ", ".join(row) + ".",
+                                      TypeError: "The prices in the row are text: convert them with float()."})
+            check_number(got, expected, f"api_cost for {row['model']} ({row['as_of']}), {what}",
+                         known_mistakes=_cost_mistakes(row, n_in, n_out), rel_tol=1e-9, abs_tol=1e-12,
+                         hint="Cost = (input tokens x usd_per_1m_input + output tokens x "
+                              "usd_per_1m_output) / 1,000,000.")
+    passed(f"api_cost: right for all {len(rows)} dated prices of data/api_prices.csv and "
+           f"{len(workloads)} workloads each.")
 
 
 # --------------------------------------------------------------------------- exercise 4
 
-def _reference_allows(row: dict[str, str], users: int, train_other_model: bool) -> bool:
-    if row["weights_released"] != "yes" or row["commercial_use"] != "yes":
-        return False
-    cap = row["user_cap_monthly_active_users"].strip()
-    if cap and users > int(cap):
-        return False
-    return not train_other_model or row["outputs_to_train_other_models"] == "allowed"
+_COMMERCIAL = {"yes": "yes", "no": "no"}
+_OUTPUTS = {"allowed": "yes", "allowed with conditions": "yes", "forbidden": "no"}
 
 
-def check_licence_allows(licence_allows: Callable[[dict[str, str], int, bool], bool]) -> None:
-    """Check ``licence_allows(row, monthly_active_users, train_other_model) -> bool``.
+def reference_licence_answer(row: dict[str, str], users_at_release: int, users_now: int,
+                             train_other_model: bool) -> str:
+    """'yes', 'no' or 'unknown': may this company use the weights commercially (and train on outputs)?
 
-    Every row of data/licences.csv meets five situations: a small start-up, a company of
-    exactly 700 million monthly users and one just above, a giant, and a start-up that
-    wants to train its own model on the outputs.
+    The 700 million clause compares the monthly active users of the month before the
+    licence's release date (``users_at_release``) with the threshold, once: ``users_now`` is
+    never part of the test. Anything the row does not establish ("unknown", "n/a") makes the
+    answer "unknown", unless another term already says no.
     """
-    situations = [(50_000, False, "a start-up with 50,000 monthly users"),
-                  (700_000_000, False, "a company with exactly 700,000,000 monthly users"),
-                  (700_000_001, False, "a company with 700,000,001 monthly users"),
-                  (3_000_000_000, False, "a company with 3 billion monthly users"),
-                  (50_000, True, "a start-up that trains its own model on the outputs")]
+    if row["weights_released"] != "yes":
+        return "no"
+    threshold = row[MAU_COLUMN].strip()
+    if threshold.isdigit() and users_at_release > int(threshold):
+        return "no"
+    answers = [_COMMERCIAL.get(row["commercial_use"], "unknown")]
+    if train_other_model:
+        answers.append(_OUTPUTS.get(row["outputs_to_train_other_models"], "unknown"))
+    if "no" in answers:
+        return "no"
+    return "unknown" if "unknown" in answers else "yes"
+
+
+SITUATIONS = [
+    (50_000, 50_000, False, "a start-up with 50,000 monthly users"),
+    (700_000_000, 700_000_000, False, "a company with exactly 700,000,000 monthly users at the release"),
+    (700_000_001, 700_000_001, False, "a company with 700,000,001 monthly users at the release"),
+    (50_000, 2_000_000_000, False, "a start-up with 50,000 users at the release that has 2 billion today"),
+    (3_000_000_000, 3_000_000_000, False, "a company with 3 billion monthly users at the release"),
+    (50_000, 50_000, True, "a start-up that trains its own model on the outputs"),
+]
+"""(users in the month before the release, users today, train on outputs?, who)."""
+
+
+def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, bool], str]) -> None:
+    """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> 'yes' | 'no' | 'unknown'``.
+
+    Every row of data/licences.csv meets six situations, among them a start-up that grew
+    past 700 million after the release (still "yes" under Llama's one-time test) and the
+    rows whose terms the course's sources leave open (the answer is "unknown", never "no").
+    """
     rows = _rows("licences.csv")
     for row in rows:
-        for users, train, who in situations:
-            expected = _reference_allows(row, users, train)
-            got = call_learner(licence_allows, dict(row), users, train, name="licence_allows",
-                               hints={ValueError: "An empty user cap means no cap: only convert it "
-                                                  "with int() when it holds digits.",
+        for at_release, now, train, who in SITUATIONS:
+            expected = reference_licence_answer(row, at_release, now, train)
+            got = call_learner(licence_answer, dict(row), at_release, now, train, name="licence_answer",
+                               hints={ValueError: "An empty threshold means no such clause: only convert "
+                                                  "it with int() when it holds digits.",
                                       KeyError: "The row's columns are: " + ", ".join(row) + "."})
-            if got == "":
-                fail("licence_allows returned '' (an empty string); expected True or False.",
-                     "An `a and b` expression returns `a` itself when `a` is falsy, here an empty "
-                     "user cap: wrap the test in bool(...) or write it with if/else.")
-            if isinstance(got, str):
-                fail(f"licence_allows returned the text {got!r}; expected True or False.",
-                     "Return a bool: True if the licence allows it, False otherwise.")
-            check_type(got, bool, f"licence_allows for {row['model']}, {who}",
-                       hint="Return True or False.")
+            if isinstance(got, bool):
+                fail(f"licence_answer returned {got} for {row['model']}, {who}; expected 'yes', 'no' "
+                     "or 'unknown'.",
+                     "A bool cannot say 'unknown'. When the terms are not established, the honest "
+                     "answer is its own value: return 'yes', 'no' or 'unknown'.")
+            check_type(got, str, f"licence_answer for {row['model']}, {who}",
+                       hint="Return 'yes', 'no' or 'unknown'.")
+            if got not in ANSWERS:
+                fail(f"licence_answer returned {got!r} for {row['model']}, {who}.",
+                     "Return exactly one of 'yes', 'no' or 'unknown' (lower case).")
             if got == expected:
                 continue
-            cap = row["user_cap_monthly_active_users"].strip()
-            case = f"{row['model']} ({row['licence']}), {who}: expected {expected}, got {got}."
+            threshold = row[MAU_COLUMN].strip()
+            case = f"{row['model']} ({row['licence']}), {who}: expected {expected!r}, got {got!r}."
+            if expected == "unknown":
+                fail(case, f"The row does not establish this (commercial_use {row['commercial_use']!r}, "
+                           f"outputs {row['outputs_to_train_other_models']!r}). 'unknown' is not 'no' "
+                           "and not 'yes': it is its own answer, until someone reads the terms.")
             if row["weights_released"] != "yes":
                 fail(case, "No weights were released, so there is nothing to licence or to run "
-                           "yourself: the answer is always False.")
-            if "unknown" in (row["commercial_use"], row["outputs_to_train_other_models"]) and got:
-                fail(case, "'unknown' is not 'yes': when the terms are not established, the safe "
-                           "answer is False until you have read them.")
-            if cap.isdigit() and users == int(cap) and not got:
-                fail(case, "The clause applies above the cap: exactly 700,000,000 users is still "
-                           "allowed; 700,000,001 is not (use >, not >=).")
-            if cap.isdigit() and users > int(cap) and got:
-                fail(case, f"This licence needs a separate licence above {int(cap):,} monthly "
-                           "active users.")
-            if train and row["outputs_to_train_other_models"] != "allowed" and got:
-                fail(case, "This licence forbids using the outputs to improve other language models.")
-            fail(case, "Check, in order: weights released, commercial use 'yes', the user cap "
-                       "(if any), and the outputs clause when train_other_model is true.")
-    passed(f"licence_allows: right for all {len(rows)} licences in {len(situations)} situations each.")
+                           "yourself: the answer is 'no'.")
+            if threshold.isdigit() and at_release <= int(threshold) < now and got == "no":
+                fail(case, "The 700 million clause is a test made once: the monthly active users in "
+                           "the month before the licence's release date. A service that grows later "
+                           "is not caught by it: use users_at_release, not users_now.")
+            if threshold.isdigit() and at_release == int(threshold) and got == "no":
+                fail(case, "The clause applies above the threshold: exactly 700,000,000 users is "
+                           "still under it; 700,000,001 is not (use >, not >=).")
+            if threshold.isdigit() and at_release > int(threshold) and got != "no":
+                fail(case, f"This licence needs a separate licence from Meta when the users in the "
+                           f"month before the release exceeded {int(threshold):,}.")
+            if train and row["outputs_to_train_other_models"] == "forbidden" and got != "no":
+                fail(case, "This licence forbids using the outputs to improve other language models "
+                           "(Llama 2 and Llama 3; Llama 3.1 dropped that ban).")
+            if train and row["outputs_to_train_other_models"] == "allowed with conditions" and got == "no":
+                fail(case, "'allowed with conditions' is allowed: Llama 3.1 asks for attribution "
+                           "('Llama' at the start of the new model's name), Gemma passes its terms on "
+                           "to the new model.")
+            fail(case, "Check, in order: weights released, the release-date users test (if any), "
+                       "commercial use, and the outputs clause when train_other_model is true; any "
+                       "'no' wins, then any 'unknown'.")
+    passed(f"licence_answer: right for all {len(rows)} licences in {len(SITUATIONS)} situations each; "
+           "unknown stays unknown.")
