@@ -9,11 +9,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.glassbox-installed
 NB     ?=
 
-.PHONY: help install lab test run outputs exercises check bench tinygpt clean provider colab test-browser book
+.PHONY: help install lab test test-quick run outputs exercises check bench tinygpt clean provider colab test-browser book
 
 help:
 	@echo "make lab        install (first time only) and open the course in JupyterLab"
-	@echo "make test       install (first time only) and run every test, notebooks included"
+	@echo "make test       install (first time only) and run every test, notebooks included (both cores)"
+	@echo "make test-quick the tests that execute no notebook: unit tests, checks, provider (about 2 minutes)"
 	@echo "make run        execute every notebook headlessly and write HTML into build/"
 	@echo "make outputs    re-execute the notebooks to refresh their stored outputs (TinyGPT, offline)"
 	@echo "make exercises  generate exercises/ from solutions/"
@@ -42,8 +43,14 @@ install: $(STAMP) $(LAB_SETTINGS)
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/00_setup_check.ipynb
 
+# Both cores: each notebook's cells, and each test module, stay on one worker (tests/notebook_plugin.py).
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
+
+test-quick: install
+	$(PY) -m pytest $(XDIST) -m "not notebook and not slow" tests
 
 run: install
 	$(PY) scripts/run_notebooks.py --html build

@@ -52,6 +52,38 @@ class Exercise:
     check_ids: list[str] = field(default_factory=list)
 
 
+def record_cell(results: dict[str, CellResult], item: Any, report: Any) -> None:
+    """Record what one nbval cell item's ``report`` says into ``results``, keyed by cell id.
+
+    Only failures and skips of setup or teardown are kept, and a failure is never overwritten
+    by a later pass of the same cell. Errors shown in the cell's outputs are recorded even
+    when nbval tolerated them (a cell tagged raises-exception), so a reader of ``results``
+    sees every error, whatever the tags. Used by ``make check`` and by the test suite, which
+    derives the same report from its own run of a notebook.
+    """
+    cell = getattr(item, "cell", None)
+    if cell is None:
+        return
+    key = cell.get("id") or str(getattr(item, "cell_num", id(cell)))
+    if report.when == "setup" and not report.skipped and report.passed:
+        return
+    if report.when == "teardown" and report.passed:
+        return
+    outputs = getattr(item, "test_outputs", None) or []
+    result = CellResult(outcome="skipped" if report.skipped else
+                        ("passed" if report.passed else "failed"))
+    for out in outputs:
+        if out.get("output_type") == "error":
+            result.ename, result.evalue = out.get("ename"), out.get("evalue")
+        elif out.get("output_type") == "stream" and out.get("name") == "stdout":
+            result.stdout += out.get("text", "")
+    if report.failed and result.ename is None:
+        result.detail = _ANSI.sub("", str(report.longrepr))
+    previous = results.get(key)
+    if previous is None or previous.outcome == "passed":
+        results[key] = result
+
+
 class _Recorder:
     """pytest plugin: records the outcome of each nbval cell item, keyed by cell id."""
 
@@ -65,28 +97,7 @@ class _Recorder:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: Any, call: Any):  # type: ignore[no-untyped-def]
         outcome = yield
-        report = outcome.get_result()
-        cell = getattr(item, "cell", None)
-        if cell is None:
-            return
-        key = cell.get("id") or str(getattr(item, "cell_num", id(cell)))
-        if report.when == "setup" and not report.skipped and report.passed:
-            return
-        if report.when == "teardown" and report.passed:
-            return
-        outputs = getattr(item, "test_outputs", None) or []
-        result = CellResult(outcome="skipped" if report.skipped else
-                            ("passed" if report.passed else "failed"))
-        for out in outputs:
-            if out.get("output_type") == "error":
-                result.ename, result.evalue = out.get("ename"), out.get("evalue")
-            elif out.get("output_type") == "stream" and out.get("name") == "stdout":
-                result.stdout += out.get("text", "")
-        if report.failed and result.ename is None:
-            result.detail = _ANSI.sub("", str(report.longrepr))
-        previous = self.results.get(key)
-        if previous is None or previous.outcome == "passed":
-            self.results[key] = result
+        record_cell(self.results, item, outcome.get_result())
 
 
 def find_exercises(nb: nbformat.NotebookNode) -> list[Exercise]:
@@ -159,7 +170,7 @@ def _verdict(exercise: Exercise, results: dict[str, CellResult]) -> tuple[str, s
             continue
         if r.outcome == "skipped":
             return "failed", "not checked: an earlier cell timed out or the run stopped."
-        if r.outcome == "failed":
+        if r.outcome == "failed" or r.ename:  # an error nbval tolerated (raises-exception) still fails
             if r.ename == FAILED:
                 return "failed", r.evalue or ""
             if r.ename:

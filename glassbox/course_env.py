@@ -23,6 +23,10 @@ RECORDING_ENV: dict[str, str] = {
     **QUIET_ENV,
     "HF_HUB_OFFLINE": "1",
     "GLASSBOX_MODEL": "tinygpt",
+    # One torch thread per process: TinyGPT's small passes are faster on one thread, and
+    # under load (two test workers, or a busy machine) the default threads made them
+    # 20-100x slower. Set before torch is imported, in the tests and in every kernel.
+    "OMP_NUM_THREADS": "1",
 }
 
 

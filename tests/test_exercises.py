@@ -4,10 +4,15 @@
   and generating is idempotent;
 - no solution code leaks into exercises/, and every exercise carries its objective,
   difficulty, time, hints and nbgrader metadata;
-- run untouched, an exercise notebook raises NotImplementedError in exactly the cells
-  tagged raises-exception, and nowhere else (nbval's tag only *tolerates* an error);
 - ``python -m glassbox.check`` reports passed / failed with hint / not attempted, exits
-  non-zero unless all pass, and never modifies the learner's file.
+  non-zero unless all pass, and never modifies the learner's file;
+- the test suite's own path (one nbval run per notebook, with make check's verdicts derived
+  from it by tests/notebook_plugin.py) gives the same verdicts as ``make check``.
+
+Untouched exercise notebooks raising NotImplementedError in exactly the tagged cells, every
+solutions notebook passing ``make check`` and every exercises notebook reported as not
+attempted are checked by the verdict items tests/notebook_plugin.py appends to each
+notebook's own nbval run.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from glassbox.paths import REPO_DIR
 
@@ -125,26 +129,6 @@ def test_exercise_notebook_structure(solution: Path) -> None:
         assert 1 <= text.count("<details>") <= 2
 
 
-@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
-def test_untouched_exercises_raise_exactly_in_tagged_cells(solution: Path) -> None:
-    path = make_exercises.exercise_path(solution)
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    tagged = 0
-    for index, cell in enumerate(nb.cells, start=1):
-        if cell.cell_type != "code":
-            continue
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        if RAISES_TAG in cell.metadata.get("tags", []):
-            tagged += 1
-            assert [e.ename for e in errors] == ["NotImplementedError"], (
-                f"cell {index} is tagged {RAISES_TAG} but raised {errors and errors[0].ename}")
-        else:
-            assert not errors, (f"cell {index} raised {errors[0].ename}: {errors[0].evalue}")
-    assert tagged >= 4
-
-
 # ----------------------------------------------------------------- learner self-check
 
 def run_check(*args: str) -> subprocess.CompletedProcess:
@@ -156,38 +140,8 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def exercise_count(path: Path) -> int:
-    """How many exercises a notebook has: its nbgrader solution cells with a solution region."""
-    nb = nbformat.read(path, as_version=4)
-    return sum(1 for cell in nb.cells
-               if nbgrader_meta(cell).get("solution") and make_exercises.BEGIN in cell.source)
-
-
-@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
-def test_self_check_on_solutions_passes(solution: Path) -> None:
-    n_exercises = exercise_count(solution)
-    assert n_exercises >= 4 or solution.name == "02_anatomy.ipynb" and n_exercises == 5
-    before = digest(solution)
-    result = run_check(str(solution))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{n_exercises} passed, 0 failed, 0 not attempted" in result.stdout
-    assert digest(solution) == before
-
-
-@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
-def test_self_check_reports_untouched_exercises_as_not_attempted(solution: Path) -> None:
-    exercise = make_exercises.exercise_path(solution)
-    n_exercises = exercise_count(exercise)
-    assert n_exercises == exercise_count(solution)
-    before = digest(exercise)
-    result = run_check(str(exercise))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert f"0 passed, 0 failed, {n_exercises} not attempted" in result.stdout
-    assert digest(exercise) == before
-
-
-def test_self_check_reports_each_exercise(tmp_path: Path) -> None:
-    """A learner notebook with one exercise right, two wrong, the rest untouched."""
+def mixed_learner_notebook(tmp_path: Path) -> Path:
+    """Chapter 02's exercises with one exercise right, two wrong, the rest untouched."""
     sol = nbformat.read(REPO_DIR / "solutions" / "02_anatomy.ipynb", as_version=4)
     nb = nbformat.read(REPO_DIR / "exercises" / "02_anatomy.ipynb", as_version=4)
     by_id = {nbgrader_meta(c).get("grade_id"): i for i, c in enumerate(nb.cells)}
@@ -204,6 +158,17 @@ def test_self_check_reports_each_exercise(tmp_path: Path) -> None:
         "    return c_attn(x).split(x.shape[-1], dim=2)\n")
     learner = tmp_path / "my_02_anatomy.ipynb"
     nbformat.write(nb, learner)
+    return learner
+
+
+MARKS = re.compile(r"^E?\s*([✓✗·]) (.+): (passed|failed|not attempted)\s*$", re.MULTILINE)
+
+
+@pytest.mark.notebook
+def test_self_check_reports_each_exercise(tmp_path: Path) -> None:
+    """make check on a learner notebook with one exercise right, two wrong, the rest untouched;
+    then the test suite's one-run path on the same notebook gives the same verdicts."""
+    learner = mixed_learner_notebook(tmp_path)
     before = digest(learner)
     result = run_check(str(learner))
     out = result.stdout
@@ -213,6 +178,19 @@ def test_self_check_reports_each_exercise(tmp_path: Path) -> None:
     assert "✗ Exercise 3" in out and "split_qkv raised IndexError" in out
     assert "· Exercise 4" in out and "not attempted" in out
     assert "1 passed, 2 failed, 2 not attempted" in out
+    assert digest(learner) == before
+
+    # The same notebook through the suite's path: nbval with the tags kept, verdicts derived.
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", str(learner), "-p", "tests.notebook_plugin",
+         "-c", str(REPO_DIR / "pyproject.toml"), "--rootdir", str(tmp_path), "-q", "-rf"],
+        cwd=REPO_DIR, capture_output=True, text=True, timeout=900)
+    assert suite.returncode == 1, suite.stdout + suite.stderr  # the verdict item fails: not all passed
+    assert "make-check-says-all-passed" in suite.stdout
+    verdicts = sorted(MARKS.findall(out))
+    assert len(verdicts) == 5, out
+    assert sorted(MARKS.findall(suite.stdout)) == verdicts, suite.stdout
+    assert "1 passed, 2 failed, 2 not attempted" in suite.stdout
     assert digest(learner) == before
 
 

@@ -1,0 +1,223 @@
+"""The test suite's own pytest plugin: run each notebook once, use both cores, say where the time went.
+
+Loaded by the root ``conftest.py`` (and by name, ``-p tests.notebook_plugin``, where a test runs
+pytest on a notebook outside the repository). It does four things:
+
+1. **One execution per notebook.** nbval runs every notebook once. For a notebook with
+   exercises, a verdict item is appended after its last cell, in the same run: it reads the
+   cells' results (recorded with ``glassbox.check.record_cell``, the same recorder behind
+   ``make check``) and derives ``make check``'s report from them. For ``solutions/`` every
+   exercise must pass; for ``exercises/`` every exercise must be "not attempted", and a second
+   item checks that the untouched notebook raised NotImplementedError in exactly the cells
+   tagged raises-exception. Elsewhere (a learner's copy) every exercise must pass, as for
+   ``make check``. ``tests/test_exercises.py`` shows that this path and ``make check`` give the
+   same verdicts on a notebook with right, wrong and untouched exercises.
+2. **Both cores.** Under pytest-xdist (``make test`` passes ``-n 2 --dist loadgroup``) the
+   cells of one notebook, and the tests of one module, stay together on one worker (a kernel,
+   or a module's provider, is started once); the per-chapter nbgrader tests spread out.
+   Notebooks go first, since they are the longest units.
+3. **Markers for ``make test-quick``**: ``notebook`` on every test that executes a notebook
+   or a kernel, ``slow`` on the few others that take more than about 15 s (``SLOW_TESTS``);
+   ``make test-quick`` runs ``-m "not notebook and not slow"``.
+4. **Where the time went.** At the end, the seconds spent in each kind of test (summed over
+   workers) and the wall-clock time of the whole run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbval.plugin import IPyNbCell, IPyNbFile
+
+from glassbox.check import NOT_ATTEMPTED, RAISES_TAG, CellResult, find_exercises, record_cell, summarise
+
+# Test modules whose tests are spread over the workers one by one (each starts its own
+# processes, and a module would otherwise keep one worker busy for minutes).
+SPREAD_MODULES = {"tests/test_nbgrader.py"}
+# Python test modules that execute notebooks or kernels (besides the nbval items).
+NOTEBOOK_MODULES = {"tests/test_nbgrader.py"}
+
+# Tests that take more than about 15 s on an idle machine without executing a notebook (a clean
+# virtual environment, a book build, GPT-2-sized models): marked slow, left out of make test-quick.
+SLOW_TESTS = (
+    "tests/test_book.py::",
+    "tests/test_colab.py::test_set_up_cell_in_a_stand_in_colab",
+    "tests/test_hidden_size_attack.py::test_open_logits_reveal_gpt2_untrained",
+    "tests/test_loader.py::test_untrained_gpt2",
+    "tests/test_forward_pass_reimplementation.py::test_lesson_reimplementation_matches_transformers[gpt2-untrained]",
+    "tests/test_forward_pass_reimplementation.py::test_reference_matches_transformers[gpt2-untrained]",
+)
+
+_CELL_RESULTS: dict[str, dict[str, CellResult]] = defaultdict(dict)
+Verdict = Callable[[nbformat.NotebookNode, dict[str, CellResult]], None]
+
+
+# ------------------------------------------------------------------ verdicts of one run
+
+def every_exercise_passes(nb: nbformat.NotebookNode, results: dict[str, CellResult]) -> None:
+    """``make check``'s report on this run says every exercise passed and no other cell failed."""
+    exercises = find_exercises(nb)
+    report, ok = summarise(nb, exercises, results)
+    expected = f"{len(exercises)} passed, 0 failed, 0 not attempted"
+    assert ok and expected in report, f"make check would report:\n{report}"
+
+
+def every_exercise_not_attempted(nb: nbformat.NotebookNode, results: dict[str, CellResult]) -> None:
+    """``make check``'s report on this untouched notebook says every exercise is not attempted."""
+    exercises = find_exercises(nb)
+    report, ok = summarise(nb, exercises, results)
+    expected = f"0 passed, 0 failed, {len(exercises)} not attempted"
+    assert not ok and expected in report, f"make check would report:\n{report}"
+
+
+def raises_exactly_in_tagged_cells(nb: nbformat.NotebookNode, results: dict[str, CellResult]) -> None:
+    """NotImplementedError in every cell tagged raises-exception, and no error anywhere else.
+
+    nbval's tag only tolerates an error; this checks that the error happened, and which.
+    """
+    tagged = 0
+    for index, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        result = results.get(cell.get("id"))
+        assert result is not None, f"cell {index} did not run"
+        if RAISES_TAG in cell.metadata.get("tags", []):
+            tagged += 1
+            assert result.ename == NOT_ATTEMPTED, (
+                f"cell {index} is tagged {RAISES_TAG} but raised {result.ename or 'nothing'}")
+        else:
+            assert result.ename is None, f"cell {index} raised {result.ename}: {result.evalue}"
+    assert tagged >= 4, f"only {tagged} cells are tagged {RAISES_TAG}; every exercise needs its stub"
+
+
+def verdicts_for(path: Path, nb: nbformat.NotebookNode) -> dict[str, Verdict]:
+    """The verdict items to append after a notebook's cells, by name."""
+    if not find_exercises(nb):
+        return {}
+    folder = path.parent.name
+    if folder == "exercises":
+        return {"make-check-says-not-attempted": every_exercise_not_attempted,
+                "stubs-raise-in-tagged-cells": raises_exactly_in_tagged_cells}
+    if folder == "notebooks":
+        return {}
+    return {"make-check-says-all-passed": every_exercise_passes}
+
+
+class NotebookVerdict(pytest.Item):
+    """A test that judges the run of the notebook just before it, without running it again."""
+
+    def __init__(self, *, verdict: Verdict, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.verdict = verdict
+        self.add_marker("notebook")
+
+    def runtest(self) -> None:
+        self.verdict(self.parent.nb, _CELL_RESULTS[str(self.path)])
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return str(excinfo.value) if excinfo.errisinstance(AssertionError) else super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, None, str]:
+        return self.path, None, f"{self.path.name}: {self.name}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    if isinstance(item, IPyNbCell):
+        record_cell(_CELL_RESULTS[str(item.path)], item, outcome.get_result())
+
+
+# ------------------------------------------------------------------ collection: order and groups
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _weight(item: pytest.Item, root: Path) -> int:
+    """Longest units first, so that two workers finish together: notebooks, nbgrader, the rest."""
+    rel = _rel(item.path, root)
+    if rel.endswith(".ipynb"):
+        return 0
+    if rel in SPREAD_MODULES:
+        return 1
+    return 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "notebook: executes a notebook or a kernel (left out of make test-quick)")
+    config.addinivalue_line("markers", "slow: takes more than about 15 s without a notebook (left out of make test-quick)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node ids
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    with_verdicts: list[pytest.Item] = []
+    for index, item in enumerate(items):
+        with_verdicts.append(item)
+        parent = getattr(item, "parent", None)
+        last_cell = isinstance(parent, IPyNbFile) and (
+            index + 1 == len(items) or getattr(items[index + 1], "parent", None) is not parent)
+        if last_cell:
+            for name, verdict in verdicts_for(item.path, parent.nb).items():
+                with_verdicts.append(NotebookVerdict.from_parent(parent, name=name, verdict=verdict))
+    for item in with_verdicts:
+        rel = _rel(item.path, root)
+        if rel.endswith(".ipynb") or rel in NOTEBOOK_MODULES:
+            item.add_marker("notebook")
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker("slow")
+        if rel not in SPREAD_MODULES:
+            item.add_marker(pytest.mark.xdist_group(rel))
+    items[:] = sorted(with_verdicts, key=lambda item: _weight(item, root))  # stable: cell order kept
+
+
+# ------------------------------------------------------------------ where the time went
+
+_KINDS = [
+    ("lessons (nbval)", re.compile(r"^notebooks/")),
+    ("solutions and exercises (nbval + make check's verdicts)", re.compile(r"^(solutions|exercises)/")),
+    ("nbgrader (release, autograde)", re.compile(r"^tests/test_nbgrader\.py")),
+    ("exercise checks' wrong answers", re.compile(r"^tests/test_\w+_checks\.py")),
+    ("provider", re.compile(r"^tests/test_(provider|api|hidden_size)")),
+    ("other unit tests", re.compile(r"")),
+]
+_SECONDS: dict[str, float] = defaultdict(float)
+_COUNTS: dict[str, int] = defaultdict(int)
+_STARTED = time.monotonic()
+
+
+def _kind(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0].split("@", 1)[0]
+    return next(name for name, pattern in _KINDS if pattern.search(path))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    kind = _kind(report.nodeid)
+    _SECONDS[kind] += report.duration
+    if report.when == "call":
+        _COUNTS[kind] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _SECONDS or hasattr(terminalreporter.config, "workerinput"):
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("where the time went")
+    write(f"{'kind of test':<58}{'tests':>7}{'seconds':>10}")
+    for name, _ in _KINDS:
+        if name in _SECONDS:
+            write(f"{name:<58}{_COUNTS[name]:>7}{_SECONDS[name]:>10.1f}")
+    write(f"{'all kinds (summed over workers)':<58}{sum(_COUNTS.values()):>7}{sum(_SECONDS.values()):>10.1f}")
+    write(f"{'wall clock, collection included':<58}{'':>7}{time.monotonic() - _STARTED:>10.1f}")
