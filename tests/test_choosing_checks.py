@@ -28,6 +28,15 @@ from glassbox.exercise_checks.choosing import (
 from glassbox.exercise_checks.feedback import ExerciseFailed
 
 
+def read_data(name: str) -> list[dict[str, str]]:
+    import csv
+
+    from glassbox.paths import DATA_DIR
+
+    with (DATA_DIR / name).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def fails_with(check, answer, match: str) -> str:
     """Run a check that must fail; return its message after asserting it contains `match`."""
     with pytest.raises(ExerciseFailed) as info:
@@ -52,7 +61,17 @@ def cost_ok(tps, usd_per_hour):
 
 def test_cost_accepts_right_answer(capsys) -> None:
     out = passes(check_usd_per_million_tokens, cost_ok, capsys)
-    assert "H100 PCIe" in out and "$10.20" in out
+    price = next(r for r in read_data("gpu_prices.csv") if r["gpu"] == "H100")
+    speed = next(r for r in read_data("gpu_batched_throughput_llama31_8b.csv") if r["concurrency"] == "1")
+    assert "H100" in out and f"${cost_ok(float(speed['tokens_per_s']), float(price['usd_per_hour'])):,.2f}" in out
+
+
+def test_cost_cases_are_all_dated() -> None:
+    """The check prices only GPUs whose price and speed both carry a date (no 'unknown')."""
+    from glassbox.exercise_checks.choosing import _cost_cases
+    published = [label for label, _, _ in _cost_cases() if "made-up" not in label and "laptop" not in label]
+    assert len(published) == len(read_data("gpu_batched_throughput_llama31_8b.csv"))
+    assert all("as of" in label and "unknown" not in label for label in published), published
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -90,29 +109,105 @@ def test_cost_not_implemented_passes_through() -> None:
 
 # ----------------------------------------------------------------- break_even_tokens_per_month
 
-def break_even_ok(gpu_usd_per_hour, api_usd_per_million, hours_per_month=730):
-    return gpu_usd_per_hour * hours_per_month / (api_usd_per_million / 1e6)
+def break_even_ok(gpu_usd_per_hour, usd_per_m_input, usd_per_m_output, input_per_output=3.0, hours_per_month=730):
+    return gpu_usd_per_hour * hours_per_month / ((input_per_output * usd_per_m_input + usd_per_m_output) / 1e6)
 
 
 def test_break_even_accepts_right_answer(capsys) -> None:
     out = passes(check_break_even_tokens_per_month, break_even_ok, capsys)
-    assert "million tokens a month" in out
+    assert "million output tokens a month" in out
 
 
 @pytest.mark.parametrize("wrong, hint", [
-    (lambda g, a, hours_per_month=730: g / a * 1e6, "multiply by hours_per_month"),
-    (lambda g, a, hours_per_month=730: g * hours_per_month / a, "millions of tokens"),
-    (lambda g, a, hours_per_month=730: a / (g * hours_per_month) * 1e6, "upside down"),
-    (lambda g, a, hours_per_month=730: g * 730 / a * 1e6, "use the argument"),
-    (lambda g, a, hours_per_month=730: g * 720 / a * 1e6, "720"),
-    (lambda g, a, hours_per_month=730: g * 24 * 365 / a * 1e6, "8,760"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730: g * hours_per_month / o * 1e6,
+     "counts output tokens only"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730: g * hours_per_month / (i + o) * 1e6,
+     "multiply the input price by input_per_output"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        g * hours_per_month / (i + input_per_output * o) * 1e6, "multiplies the wrong price"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        g * hours_per_month / (i / input_per_output + o) * 1e6, "do not divide"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        break_even_ok(g, i, o, input_per_output, hours_per_month) * (1 + input_per_output),
+     "input and output tokens together"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        break_even_ok(g, i, o, 3.0, hours_per_month), "use the input_per_output argument"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        g / (input_per_output * i + o) * 1e6, "multiply by hours_per_month"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        g * hours_per_month / (input_per_output * i + o), "millions of tokens"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730:
+        (input_per_output * i + o) / (g * hours_per_month) * 1e6, "upside down"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730: break_even_ok(g, i, o, input_per_output, 730),
+     "use the argument"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730: break_even_ok(g, i, o, input_per_output, 720),
+     "720"),
+    (lambda g, i, o, input_per_output=3.0, hours_per_month=730: break_even_ok(g, i, o, input_per_output, 24 * 365),
+     "8,760"),
 ])
 def test_break_even_known_mistakes(wrong, hint) -> None:
     fails_with(check_break_even_tokens_per_month, wrong, hint)
 
 
-def test_break_even_without_hours_parameter() -> None:
-    fails_with(check_break_even_tokens_per_month, lambda g, a: g * 730 / a * 1e6, "hours_per_month")
+def test_break_even_old_signature_gets_told_the_parameters() -> None:
+    """The answer to the old exercise (output price only, two prices missing) fails with the new signature."""
+    fails_with(check_break_even_tokens_per_month, lambda g, a, hours_per_month=730: g * hours_per_month / a * 1e6,
+               "input_per_output")
+
+
+def test_break_even_without_ratio_parameter() -> None:
+    fails_with(check_break_even_tokens_per_month,
+               lambda g, i, o, hours_per_month=730: g * hours_per_month / (3 * i + o) * 1e6, "input_per_output")
+
+
+# ----------------------------------------------------------------- batching sanity check
+
+from glassbox.batching import batching_gains  # noqa: E402
+
+
+def test_batching_gains_are_relative_to_batch_one() -> None:
+    gains, problems = batching_gains({1: 0.010, 4: 0.020, 16: 0.080})
+    assert gains == pytest.approx({1: 1.0, 4: 2.0, 16: 2.0}) and problems == []
+
+
+def test_batching_gain_above_the_batch_size_is_named() -> None:
+    """The old chapter's figure: batch 16 at 31 x batch 1. A step for 16 faster than a step for 1."""
+    gains, problems = batching_gains({1: 0.200, 4: 0.114, 16: 0.102})
+    assert gains[16] == pytest.approx(16 * 0.200 / 0.102)
+    assert len(problems) == 2 and "batch 4" in problems[0] and "batch 16" in problems[1]
+    assert "more than the batch size" in problems[1] and "measure again" in problems[1]
+
+
+def test_batching_gain_equal_to_the_batch_size_is_possible() -> None:
+    """Perfect batching (the step costs the same for 16 as for 1) is the limit, not a problem."""
+    assert batching_gains({1: 0.01, 16: 0.01})[1] == []
+    assert batching_gains({1: 0.01, 16: 0.0099})[1] == []  # within the 5 % timer tolerance
+    assert batching_gains({1: 0.01, 16: 0.009})[1] != []
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({4: 0.01}, "needs batch 1"), ({1: 0.0, 4: 0.01}, "positive"), ({1: float("nan")}, "positive"),
+    ({1: -1.0}, "positive"),
+])
+def test_batching_gains_bad_input(bad, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        batching_gains(bad)
+
+
+def test_decode_step_seconds_restores_threads_and_measures_every_batch() -> None:
+    import torch
+
+    from glassbox import load_model
+    from glassbox.batching import decode_step_seconds
+
+    model, tokenizer = load_model("tinygpt")
+    before = torch.get_num_threads()
+    ids = tokenizer("<|endoftext|>The nurse", return_tensors="pt").input_ids
+    seconds = decode_step_seconds(model, ids, [1, 2], steps=2, repeats=1, threads=1)
+    assert sorted(seconds) == [1, 2] and all(s > 0 for s in seconds.values())
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="at least 1"):
+        decode_step_seconds(model, ids, [0, 1], steps=2)
 
 
 # ----------------------------------------------------------------- sha256_of_file

@@ -51,17 +51,18 @@ def _rows(name: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- exercise 1
 
 def _cost_cases() -> list[tuple[str, float, float]]:
-    """(label, tokens per second, dollars per hour): every GPU in both tables, plus two made-up ones."""
-    prices = {row["gpu"].removeprefix("1x "): row for row in _rows("gpu_prices.csv")}
+    """(label, tokens per second, dollars per hour): the published GPU speeds priced at that GPU's
+    dated hourly price, plus two made-up machines."""
+    prices = {row["gpu"]: row for row in _rows("gpu_prices.csv")}
     cases = []
-    for row in _rows("gpu_throughput_llama3_8b.csv"):
+    for row in _rows("gpu_batched_throughput_llama31_8b.csv"):
         price = prices.get(row["gpu"])
         if price is None:
             continue
-        for column in ("tokens_per_s_f16", "tokens_per_s_q4_k_m"):
-            cases.append((f"{row['gpu']} at ${price['usd_per_hour']}/h, {row[column]} tokens/s "
-                          f"({column.removeprefix('tokens_per_s_')})",
-                          float(row[column]), float(price["usd_per_hour"])))
+        cases.append((f"{row['gpu']} at ${float(price['usd_per_hour']):.2f}/h (as of {price['as_of']}), "
+                      f"{row['tokens_per_s']} tokens/s with {row['concurrency']} request(s) in flight "
+                      f"(as of {row['as_of']})",
+                      float(row["tokens_per_s"]), float(price["usd_per_hour"])))
     cases += [("a made-up GPU: 1,000 tokens/s at $3.60/h", 1000.0, 3.6),
               ("a laptop CPU: 12.5 tokens/s at $0.05/h", 12.5, 0.05)]
     return cases
@@ -99,63 +100,93 @@ def check_usd_per_million_tokens(usd_per_million_tokens: Callable[[float, float]
 
 # --------------------------------------------------------------------------- exercise 2
 
-def _api_output_price(model_prefix: str) -> tuple[str, float, str]:
+def _api_prices(model_prefix: str) -> tuple[str, float, float, str]:
+    """(model, $ per million input, $ per million output, as of) from data/api_prices.csv."""
     for row in _rows("api_prices.csv"):
         if row["model"].startswith(model_prefix):
-            return row["model"], float(row["usd_per_1m_output"]), row["as_of"]
+            return row["model"], float(row["usd_per_1m_input"]), float(row["usd_per_1m_output"]), row["as_of"]
     raise LookupError(f"no {model_prefix} row in data/api_prices.csv")
 
 
 def check_break_even_tokens_per_month(
         break_even_tokens_per_month: Callable[..., float]) -> None:
-    """Check ``break_even_tokens_per_month(gpu_usd_per_hour, api_usd_per_million, hours_per_month=730)``.
+    """Check ``break_even_tokens_per_month(gpu_usd_per_hour, usd_per_million_input,
+    usd_per_million_output, input_per_output=3.0, hours_per_month=730)``.
 
-    The answer is in tokens (not millions) per month. Cases pair rented GPUs from
-    ``data/gpu_prices.csv`` with output prices from ``data/api_prices.csv``, and one
-    GPU rented for only 200 hours a month.
+    The answer is in output tokens (not millions) per month; each output token brings
+    ``input_per_output`` input tokens, which the API bills at its input price. Cases pair
+    rented GPUs from ``data/gpu_prices.csv`` with prices from ``data/api_prices.csv`` at the
+    default ratio, then other ratios (0: output only; 10: a long conversation), and one GPU
+    rented for only 200 hours a month.
     """
     gpus = _rows("gpu_prices.csv")
-    apis = [_api_output_price(p) for p in ("gpt-4o-mini", "gpt-4o (", "gpt-5")]
-    cases = []
+    apis = [_api_prices(p) for p in ("gpt-4o-mini", "gpt-4o (", "gpt-5")]
+    cases = []  # (label, $/hour, $/M input, $/M output, ratio or None for the default, hours or None)
     for gpu in gpus[:3]:
-        for model, price, as_of in apis[:2]:
-            cases.append((f"{gpu['gpu']} (${gpu['usd_per_hour']}/h) against {model} "
-                          f"(${price}/M output, {as_of})", float(gpu["usd_per_hour"]), price, None))
-    model, price, as_of = apis[2]
-    cases.append((f"a GPU at $2.00/h rented 200 h a month against {model} (${price}/M, {as_of})",
-                  2.0, price, 200))
-    for label, usd_per_hour, api_price, hours in cases:
-        kwargs = {} if hours is None else {"hours_per_month": hours}
-        h = HOURS_PER_MONTH if hours is None else hours
-        expected = usd_per_hour * h / api_price * 1e6
-        mistakes = [
-            (usd_per_hour / api_price * 1e6, "That is the break-even for one hour. The GPU is paid "
-                                             "for every hour of the month: multiply by hours_per_month."),
-            (usd_per_hour * h / api_price, "That is in millions of tokens; the answer is in tokens: "
-                                           "multiply by 1,000,000."),
-            (api_price / (usd_per_hour * h) * 1e6, "Upside down: the break-even volume is the monthly "
-                                                   "GPU bill ÷ the API's price per token."),
-        ]
+        for model, p_in, p_out, as_of in apis[:2]:
+            cases.append((f"{gpu['gpu']} (${gpu['usd_per_hour']}/h, {gpu['as_of']}) against {model} "
+                          f"(${p_in}/M input, ${p_out}/M output, {as_of})",
+                          float(gpu["usd_per_hour"]), p_in, p_out, None, None))
+    model, p_in, p_out, as_of = apis[2]
+    cases.append((f"a GPU at $2.00/h against {model} with 10 input tokens per output token", 2.0, p_in, p_out, 10.0, None))
+    cases.append((f"a GPU at $2.00/h against {model} counting output tokens only (ratio 0)", 2.0, p_in, p_out, 0.0, None))
+    cases.append((f"a GPU at $2.00/h rented 200 h a month against {model}", 2.0, p_in, p_out, None, 200))
+    for label, usd_per_hour, p_in, p_out, ratio, hours in cases:
+        kwargs = {}
+        if ratio is not None:
+            kwargs["input_per_output"] = ratio
         if hours is not None:
-            mistakes.append((usd_per_hour * HOURS_PER_MONTH / api_price * 1e6,
+            kwargs["hours_per_month"] = hours
+        r = 3.0 if ratio is None else ratio
+        h = HOURS_PER_MONTH if hours is None else hours
+        bill = usd_per_hour * h
+        per_output = r * p_in + p_out
+        expected = bill / per_output * 1e6
+        mistakes = [
+            (usd_per_hour / per_output * 1e6, "That is the break-even for one hour. The GPU is paid "
+                                              "for every hour of the month: multiply by hours_per_month."),
+            (bill / per_output, "That is in millions of tokens; the answer is in tokens: multiply by 1,000,000."),
+            (per_output / bill * 1e6, "Upside down: the break-even volume is the monthly GPU bill ÷ "
+                                      "the API's price per output token."),
+            (bill / (p_in + p_out) * 1e6, "You added the two prices as if each output token came with one "
+                                          "input token: multiply the input price by input_per_output."),
+            (bill / (p_in + r * p_out) * 1e6, "The ratio multiplies the wrong price: it is input tokens per "
+                                              "output token, so it multiplies the input price."),
+            (bill / (p_in / r + p_out) * 1e6 if r else None,
+             "Multiply the input price by input_per_output; do not divide by it."),
+            (expected * (1 + r), "That counts input and output tokens together; the answer is in output tokens."),
+            (expected / (1 + r), "That is too small by 1 + input_per_output: the answer counts output tokens, "
+                                 "and the API price per output token already includes its input tokens."),
+        ]
+        if r:
+            mistakes.append((bill / p_out * 1e6, "That counts output tokens only. The API also bills the "
+                                                 "input tokens: input_per_output of them per output token, "
+                                                 "at the input price."))
+            mistakes.append((bill / (3.0 * p_in + p_out) * 1e6 if r != 3.0 else None,
+                             "You used a ratio of 3; use the input_per_output argument."))
+        if hours is not None:
+            mistakes.append((usd_per_hour * HOURS_PER_MONTH / per_output * 1e6,
                              "You used 730 hours, but this GPU is rented for hours_per_month hours: "
                              "use the argument."))
         for other in (720, 744, 24 * 365):
             if other != h:
-                mistakes.append((usd_per_hour * other / api_price * 1e6,
+                mistakes.append((usd_per_hour * other / per_output * 1e6,
                                  f"You used {other:,} hours; use the hours_per_month argument "
                                  "(730 by default: 8,760 hours a year / 12)."))
-        got = call_learner(break_even_tokens_per_month, usd_per_hour, api_price, **kwargs,
+        mistakes = [(value, hint) for value, hint in mistakes if value is not None]
+        got = call_learner(break_even_tokens_per_month, usd_per_hour, p_in, p_out, **kwargs,
                            name="break_even_tokens_per_month",
-                           hints={TypeError: "Give the function a third parameter "
-                                             "hours_per_month=730."})
+                           hints={TypeError: "Give the function the parameters (gpu_usd_per_hour, "
+                                             "usd_per_million_input, usd_per_million_output, "
+                                             "input_per_output=3.0, hours_per_month=730)."})
         check_number(got, expected, f"break_even_tokens_per_month for {label}",
                      known_mistakes=mistakes, rel_tol=1e-6,
-                     hint="Monthly GPU bill = $/hour × hours; the API costs price/1,000,000 per token; "
-                          "break-even tokens = bill ÷ price per token.")
-    label, usd_per_hour, api_price, _ = cases[0]
-    passed(f"break_even_tokens_per_month: right for {len(cases)} pairs; e.g. {label}: "
-           f"{usd_per_hour * HOURS_PER_MONTH / api_price:,.0f} million tokens a month.")
+                     hint="Monthly GPU bill = $/hour × hours; one output token through the API costs "
+                          "(input_per_output × input price + output price) / 1,000,000; "
+                          "break-even output tokens = bill ÷ that.")
+    label, usd_per_hour, p_in, p_out, _, _ = cases[0]
+    passed(f"break_even_tokens_per_month: right for {len(cases)} cases; e.g. {label}, 3 input tokens per "
+           f"output token: {usd_per_hour * HOURS_PER_MONTH / (3.0 * p_in + p_out):,.0f} million output tokens a month.")
 
 
 # --------------------------------------------------------------------------- exercise 3
