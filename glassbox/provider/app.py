@@ -49,6 +49,7 @@ from glassbox.provider.settings import (
     MAX_CHOICES,
     MAX_STOP_CHARS,
 )
+from glassbox.provider.variants import FingerprintRequest
 
 MODEL_CREATED = 1717200000  #: the "created" time /v1/models shows (a fixed date, like a provider's)
 DISCONNECT_POLL_SECONDS = 1.0
@@ -65,6 +66,24 @@ class ProviderState:
         self.limiter = limiter
         self.log = log
         self.logit_bias_mode = logit_bias_mode
+        self.fingerprint: str | None = None  #: of the served weights (variants.system_fingerprint); set at start and on a swap
+        self.fingerprint_shown = True  #: the operator's choice (POST /admin/system_fingerprint)
+
+    def shown_fingerprint(self) -> str | None:
+        """``system_fingerprint`` as clients see it: the served weights' fingerprint, or ``None`` (JSON null)
+        when the operator hides it. Null, not a constant: OpenAI documents the field as nullable, and a
+        constant would falsely tell clients that the backend never changes."""
+        return self.fingerprint if self.fingerprint_shown else None
+
+
+async def refresh_fingerprint(state: ProviderState) -> str:
+    """Recompute the served weights' fingerprint (a digest of every weight, off the event loop)."""
+    from glassbox.provider.variants import system_fingerprint, weights_digest
+
+    engine = state.engine
+    name, variant, model = engine.base_name, engine.variant, engine.model
+    state.fingerprint = system_fingerprint(name, variant, await asyncio.to_thread(weights_digest, model))
+    return state.fingerprint
 
 
 def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: RateLimiter, log: RequestLog | None,
@@ -75,6 +94,7 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        await refresh_fingerprint(state)
         try:
             yield
         finally:
@@ -113,6 +133,10 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         return await _chat(state, body, request)
 
+    from glassbox.provider import responses_api  # POST /v1/responses, in its own module
+
+    responses_api.register(app, state)
+
     # ----- operator controls (admin key) -----------------------------------------------------
 
     @app.post("/admin/swap", include_in_schema=False)
@@ -123,7 +147,8 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
             described = await asyncio.wrap_future(engine.request_swap(body.variant))
         except ModelLoadError as error:
             raise APIError(400, f"Cannot swap to {body.variant!r}: {error}", param="variant", code="invalid_value") from None
-        return {"object": "admin.swap", **described}
+        await refresh_fingerprint(state)
+        return {"object": "admin.swap", **described, "system_fingerprint": state.fingerprint}
 
     @app.get("/admin/logit_bias_mode", include_in_schema=False)
     async def get_mode() -> dict[str, Any]:
@@ -142,6 +167,15 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
     async def set_limits(body: LimitsRequest) -> dict[str, Any]:
         limiter.set_limits(body.rpm, body.tpm)
         return {"object": "admin.limits", "rpm": limiter.rpm, "tpm": limiter.tpm}
+
+    @app.get("/admin/system_fingerprint", include_in_schema=False)
+    async def get_fingerprint() -> dict[str, Any]:
+        return {"object": "admin.system_fingerprint", "shown": state.fingerprint_shown, "system_fingerprint": state.fingerprint}
+
+    @app.post("/admin/system_fingerprint", include_in_schema=False)
+    async def set_fingerprint(body: FingerprintRequest) -> dict[str, Any]:
+        state.fingerprint_shown = body.shown
+        return {"object": "admin.system_fingerprint", "shown": state.fingerprint_shown, "system_fingerprint": state.fingerprint}
 
     @app.get("/admin/log", include_in_schema=False)
     async def read_log(limit: int | None = Query(None, ge=1, le=1_000_000)) -> dict[str, Any]:
@@ -492,7 +526,7 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
         "model": body.model,
         "choices": [chat_choice(engine, sequence) for sequence in sequences],
         "usage": usage(len(prompt), completion_tokens(sequences)),
-        "system_fingerprint": None,
+        "system_fingerprint": state.shown_fingerprint(),
     }
     return await _json(payload, headers, big=len(sequences) > 64)
 
@@ -505,7 +539,7 @@ async def _stream_chat(state: ProviderState, job: Job, completion_id: str, when:
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any, reason: str | None) -> dict[str, Any]:
         return {"id": completion_id, "object": "chat.completion.chunk", "created": when, "model": model,
-                "system_fingerprint": None,
+                "system_fingerprint": state.shown_fingerprint(),
                 "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
 
     try:
@@ -547,7 +581,7 @@ async def _stream_chat(state: ProviderState, job: Job, completion_id: str, when:
             await job.changed.wait()
         if include_usage:
             yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": when, "model": model,
-                       "system_fingerprint": None, "choices": [], "usage": usage(prompt_tokens, completion_tokens(job.sequences))})
+                       "system_fingerprint": state.shown_fingerprint(), "choices": [], "usage": usage(prompt_tokens, completion_tokens(job.sequences))})
         yield sse("[DONE]")
     finally:
         if not job.finished():

@@ -27,7 +27,7 @@ from glassbox.provider.requestlog import RequestLog
 from glassbox.provider.settings import MAX_BODY_BYTES, MAX_JSON_DEPTH, ApiKey
 
 PROTECTED = ("/v1", "/admin")
-JSON_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/admin/swap", "/admin/logit_bias_mode", "/admin/limits"})
+JSON_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/admin/swap", "/admin/logit_bias_mode", "/admin/limits", "/admin/system_fingerprint"})
 NOT_LOGGED = frozenset({"/health", "/admin/log", "/admin/stats", "/openapi.json"})
 DRAIN_LIMIT = 32 * 1024 * 1024  #: read (and drop) at most this much of a too-large body, so the client sees the 413
 

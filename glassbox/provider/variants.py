@@ -11,12 +11,16 @@
 * ``original``: the weights the server started with.
 
 Each changes the returned logprobs a little and the text sometimes; the name the model is
-served under does not change.
+served under does not change, but ``system_fingerprint`` does (:func:`system_fingerprint`,
+unless the operator hides it).
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 DERIVED_VARIANTS: dict[str, str] = {
@@ -76,3 +80,41 @@ def apply_variant_(model: nn.Module, variant: str) -> nn.Module:
         round_bf16_(model)
         return model
     raise ValueError(f"unknown variant {variant!r}")
+
+
+# ----- system_fingerprint ---------------------------------------------------------------------
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A digest of every tensor the model computes with (names, dtypes, shapes and bytes).
+
+    Any change to the numbers (another model, a quantised or half-precision copy) changes it;
+    loading the same weights again does not. Shared tensors (the tied output head) count once.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=False).items():
+            if tensor.data_ptr() in seen and tensor.numel() > 0:
+                continue
+            seen.add(tensor.data_ptr())
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()
+                          if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def system_fingerprint(name: str, variant: str, digest: str) -> str:
+    """OpenAI-style ``fp_`` + 10 hex digits for the served weights: a hash of the model's name,
+    the variant and :func:`weights_digest`. It says *that* the backend changed, not *what* it is:
+    neither the name nor the weights can be read back from it (someone holding the same weights
+    and name could only recompute it and see that it matches)."""
+    return "fp_" + hashlib.blake2b(f"{name}\0{variant}\0{digest}".encode(), digest_size=5).hexdigest()
+
+
+class FingerprintRequest(BaseModel):
+    """POST /admin/system_fingerprint (operator only): ``{"shown": false}`` hides the fingerprint
+    (clients then get ``system_fingerprint: null``), ``{"shown": true}`` shows it again."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    shown: bool
