@@ -20,6 +20,8 @@ from pathlib import Path
 
 from glassbox.provider.settings import (
     DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_TOKENS,
+    HEADER_TIMEOUT_SECONDS,
     DEFAULT_LOGIT_BIAS_MODE,
     DEFAULT_MAX_BATCH,
     DEFAULT_PORT,
@@ -77,18 +79,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
                         help="a learner key (repeat for several: key-1, key-2, ... in the log). Without any key, on "
-                             "127.0.0.1 one is made up and printed")
+                             "127.0.0.1 one is made up and printed. Visible to every user of this machine in the "
+                             "process list (ps): prefer --keys-file")
     parser.add_argument("--keys-file", type=Path, metavar="FILE", help="learner keys, one per line or 'label key' per line")
     parser.add_argument("--admin-key", metavar="KEY",
-                        help="the operator's key for /admin (never a learner's; default: made up and printed)")
-    parser.add_argument("--admin-key-file", type=Path, metavar="FILE", help="a file holding the admin key (first line)")
+                        help="the operator's key for /admin (never a learner's; default: made up and printed). Visible "
+                             "to every user of this machine in the process list (ps): prefer --admin-key-file")
+    parser.add_argument("--admin-key-file", type=Path, metavar="FILE",
+                        help="a file holding the admin key (first line): the safe way to give it")
     parser.add_argument("--rpm", type=int, default=None, metavar="N", help="requests per minute per key (default: unlimited)")
     parser.add_argument("--tpm", type=int, default=None, metavar="N",
-                        help="tokens per minute per key, counted as prompt tokens + max_tokens x choices (default: unlimited)")
+                        help="tokens per minute per key, counted as what the model computes: prompts x n x "
+                             "(prompt tokens + max_tokens) (default: unlimited)")
+    parser.add_argument("--max-request-tokens", type=int, default=DEFAULT_MAX_REQUEST_TOKENS, metavar="N",
+                        help="the most one request may make the model compute, counted as for --tpm, for every key "
+                             f"(default {DEFAULT_MAX_REQUEST_TOKENS:,}; 400 request_too_large beyond)")
     parser.add_argument("--logit-bias-mode", choices=LOGIT_BIAS_MODES, default=DEFAULT_LOGIT_BIAS_MODE,
                         help=f"whether returned logprobs include logit_bias (default {DEFAULT_LOGIT_BIAS_MODE}; see below)")
     parser.add_argument("--log-file", type=Path, metavar="FILE",
-                        help="the request log, JSON lines (default: a new file in the temporary directory, printed at start)")
+                        help="the request log, JSON lines, readable by its owner only, lines bounded, rotated at 64 MiB "
+                             "to FILE.1 (default: requests.jsonl in a new private folder of the temporary directory, "
+                             "printed at start)")
     parser.add_argument("--served-name", default=DEFAULT_SERVED_NAME, metavar="NAME",
                         help=f"the model name clients send and /v1/models shows (default {DEFAULT_SERVED_NAME})")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
@@ -100,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop when this process ends (start_provider passes its own id, so no server outlives its notebook)")
     parser.add_argument("--fd", type=int, metavar="FD",
                         help="serve on this already-listening socket (start_provider binds the port and passes it)")
+    parser.add_argument("--cleanup-dir", type=Path, metavar="DIR",
+                        help="remove this folder if the process given by --parent-pid dies (start_provider passes "
+                             "its temporary folder, which holds the keys)")
     return parser
 
 
@@ -130,11 +144,17 @@ def collect_keys(args: argparse.Namespace) -> tuple[list[ApiKey], str, bool, boo
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (raises OSError with the reason)."""
+    """A listening socket on host:port (raises OSError with the reason).
+
+    It is made with protocol ``IPPROTO_TCP`` (not 0) and ``TCP_NODELAY``: asyncio sets
+    ``TCP_NODELAY`` on an accepted connection only when the listening socket says TCP, and
+    without it every response on a reused connection waited ~40 ms for Nagle's algorithm.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
-    sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+    infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(infos[0][0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(infos[0][4])
         sock.listen(2048)
@@ -149,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid:
         from glassbox.provider.lifeline import watch_parent
 
-        watch_parent(args.parent_pid)
-    for name in ("rpm", "tpm", "max_batch", "threads"):
+        watch_parent(args.parent_pid, cleanup=args.cleanup_dir)
+    for name in ("rpm", "tpm", "max_batch", "threads", "max_request_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return fail(f"--{name.replace('_', '-')} must be a positive whole number (leave --rpm/--tpm out for no limit).")
@@ -180,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             reason = "it is already in use (another provider? stop it, or choose another --port)" if error.errno in (98, 48, 10048) else error.strerror or str(error)
             return fail(f"cannot listen on {args.host}:{args.port}: {reason}.", code=1)
     port = sock.getsockname()[1]
-    log_path = args.log_file or Path(tempfile.gettempdir()) / f"glassbox-provider-{port}-requests.jsonl"
+    # default: a private folder (mode 0700, a name nobody can guess) and a file only its owner reads (0600)
+    log_path = args.log_file or Path(tempfile.mkdtemp(prefix="glassbox-provider-log-")) / "requests.jsonl"
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log = RequestLog(log_path)
     app = create_app(engine, keys=KeyStore(keys, admin_key), served_name=args.served_name,
-                     limiter=RateLimiter(args.rpm, args.tpm), log=log, logit_bias_mode=args.logit_bias_mode)
+                     limiter=RateLimiter(args.rpm, args.tpm, args.max_request_tokens), log=log, logit_bias_mode=args.logit_bias_mode)
     shown_host = "127.0.0.1" if args.host in {"0.0.0.0", "::"} else args.host
     print(f"Glass Box provider: serving {args.served_name!r} at http://{shown_host}:{port}/v1", flush=True)
     print(f"  weights (operator only): {engine.base_name}; logit_bias mode {args.logit_bias_mode}; "
@@ -226,13 +247,62 @@ def main(argv: list[str] | None = None) -> int:
     if made_admin:
         print(f"  admin key (made up for this run):   {admin_key}", flush=True)
     print(f"  request log: {log_path}", flush=True)
+    if args.api_key or args.admin_key:
+        print("  note: keys given with --api-key or --admin-key are visible to every user of this machine in the process "
+              "list (ps); --keys-file and --admin-key-file are not", flush=True)
     config = uvicorn.Config(app, host=args.host, port=port, log_level="warning", access_log=False, lifespan="on",
-                            http="h11", ws="none", timeout_graceful_shutdown=3, backlog=2048)
+                            http=head_timeout_protocol(HEADER_TIMEOUT_SECONDS), ws="none", timeout_graceful_shutdown=3,
+                            backlog=2048, timeout_keep_alive=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         log.close()
     return 0
+
+
+def head_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request head has not arrived whole within ``seconds``.
+
+    uvicorn closes idle kept-alive connections (``timeout_keep_alive``) but has no limit on
+    a request head that arrives slowly, so clients sending half a head held connections open
+    for as long as they liked. The clock starts when the connection opens, or when the first
+    bytes of a next request arrive; a whole head stops it (then the body has its own limit,
+    ``BODY_TIMEOUT_SECONDS``, in the gatekeeper).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutProtocol(H11Protocol):
+        _head_timer = None  # an asyncio.TimerHandle while the clock runs
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._cancel_head_timer()  # a whole head has arrived: a request is being answered
+            elif self._head_timer is None and not self.transport.is_closing():
+                self._arm_head_timer()  # the first bytes of a (next) head
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._head_timer = self.loop.call_later(seconds, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadTimeoutProtocol
 
 
 if __name__ == "__main__":

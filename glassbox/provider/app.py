@@ -110,7 +110,7 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
     )
     app.state.provider = state
     install_error_handlers(app)
-    app.add_middleware(Gatekeeper, keys=keys, log=log)
+    app.add_middleware(Gatekeeper, keys=keys, log=log, limiter=limiter)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -249,10 +249,13 @@ def _context_error(n_positions: int, prompt_tokens: int, max_tokens: int, which:
 
 
 def _admit(state: ProviderState, context: dict[str, Any], tokens: int) -> dict[str, str]:
-    """Rate limits (the admin key has none). Returns the x-ratelimit-* headers."""
+    """A request's cost (prompts x n x (prompt tokens + max_tokens)) against the per-request ceiling (everyone) and
+    the key's tokens per minute (the admin key has no limit; the request itself was counted by the gatekeeper).
+    Returns the x-ratelimit-*-tokens headers."""
+    state.limiter.check_cost(tokens)
     if context.get("admin"):
         return {}
-    return state.limiter.admit(context.get("key_id") or "?", tokens)
+    return state.limiter.take_tokens(context.get("key_id") or "?", tokens)
 
 
 class JobStream(StreamingResponse):
@@ -356,7 +359,7 @@ async def _completions(state: ProviderState, body: CompletionRequest, request: R
             raise _context_error(engine.n_positions, len(ids), max_tokens, which)
 
     prompt_tokens = sum(len(ids) for ids in prompts)
-    headers = _admit(state, context, prompt_tokens + max_tokens * len(prompts) * n)
+    headers = _admit(state, context, n * (prompt_tokens + max_tokens * len(prompts)))  # each choice reads its prompt
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
@@ -494,7 +497,7 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
         max_tokens = requested
         if len(prompt) + max_tokens > engine.n_positions:
             raise _context_error(engine.n_positions, len(prompt), max_tokens, " (the messages)")
-    headers = _admit(state, context, len(prompt) + max_tokens * n)
+    headers = _admit(state, context, n * (len(prompt) + max_tokens))
     params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,

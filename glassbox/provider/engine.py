@@ -4,7 +4,8 @@ The asyncio event loop that answers HTTP never runs the model. Requests become
 :class:`Sequence` objects (one per choice: a ``prompt`` list and ``n`` make several) and
 wait in a queue. The worker thread repeats one *step*:
 
-1. admit waiting sequences: their prompts are read in one forward pass per chunk of
+1. admit waiting sequences, the keys taking turns (see :class:`FairQueue`): their
+   prompts are read in one forward pass per chunk of
    about ``PREFILL_TOKENS`` (left padding, an attention mask and per-sequence position
    ids; identical prompts, as with ``n > 1``, are read once), and each samples its
    first token. A sequence that needs one token (``max_tokens=1``) is done there;
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from glassbox.provider.ratelimit import REQUEST_JOBS, REQUEST_KEY
 from glassbox.provider.settings import DEFAULT_MAX_BATCH, MAX_PENDING_SEQUENCES, PREFILL_TOKENS
 from glassbox.provider.tokens import decode_complete, display_token, stop_holdback, token_byte_table
 from glassbox.provider.variants import DERIVED_VARIANTS, apply_variant_
@@ -51,7 +53,7 @@ logger = logging.getLogger("glassbox.provider")
 GREEDY_TEMPERATURE = 1e-6  #: temperatures below this pick the most likely token
 ECHO_ROWS = 256  #: prompt positions turned into logits at once for echo (bounds memory)
 CHOOSE_ROWS = 128  #: sequences sampled at once after a prefill (n=128 of one prompt: 128 x 50,257 floats)
-COUNTERS = ("forward_passes", "tokens_generated", "sequences_stop", "sequences_length", "sequences_cancelled",
+COUNTERS = ("steps", "forward_passes", "tokens_generated", "sequences_stop", "sequences_length", "sequences_cancelled",
             "sequences_error", "swaps", "prefill_seconds", "decode_seconds")
 
 
@@ -109,22 +111,32 @@ class Sequence:
         self.finish_reason: str | None = None  #: "stop", "length", "cancelled" or "error"
         self.error: tuple[int, str, str] | None = None  #: (status, code, message) when finish_reason is "error"
         self.cancelled = False
+        self.queued_step = 0  #: the engine's step count when it was queued
+        self.started_step: int | None = None  #: ... and when it was started (admitted); None while waiting
 
 
 class Job:
     """The sequences of one HTTP request, and the event that tells the event loop about progress."""
 
-    def __init__(self, sequences: list[Sequence], loop: asyncio.AbstractEventLoop, stream: bool, engine: Engine) -> None:
+    def __init__(self, sequences: list[Sequence], loop: asyncio.AbstractEventLoop, stream: bool, engine: Engine,
+                 owner: str = "?") -> None:
         self.sequences = sequences
         self.loop = loop
         self.stream = stream
         self.engine = engine
+        self.owner = owner  #: the key whose queue its sequences wait in
         self.changed = asyncio.Event()
         for sequence in sequences:
             sequence.job = self
 
     def finished(self) -> bool:
         return all(sequence.finish_reason is not None for sequence in self.sequences)
+
+    def queue_steps(self) -> int:
+        """Engine steps the request waited before its last sequence started (so far, if some still wait)."""
+        now = self.engine.counters["steps"]
+        return max((now if sequence.started_step is None else sequence.started_step) - sequence.queued_step
+                   for sequence in self.sequences) if self.sequences else 0
 
     def notify(self) -> None:
         """Called by the worker thread: wake whoever waits on this job."""
@@ -152,6 +164,95 @@ class EngineBusy(Exception):
     """Too many sequences are waiting already."""
 
 
+class FairQueue:
+    """The waiting sequences: one first-in-first-out queue per key, and the keys take turns.
+
+    At each step :meth:`take` goes round the keys that have sequences waiting, taking one
+    sequence from each in turn (and going on where it stopped at the previous step), so a
+    key with a long backlog cannot hold back another key's request: that one is started
+    at the next step. The batch is shared the same way: a key with fewer running sequences
+    than its share (``max_batch`` divided by the keys that are running or waiting) may
+    start one even when the batch is full, and only keys below their share may: the batch
+    then grows past ``max_batch`` for a while (to at most twice that), and no key can
+    start more until it is back below. A sequence that needs one token takes no slot.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[str, collections.deque[Sequence]] = {}
+        self._turns: collections.deque[str] = collections.deque()  #: keys with waiting sequences, whose turn is next first
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def __iter__(self):
+        for queue in self._queues.values():
+            yield from queue
+
+    def owners(self) -> set[str]:
+        return set(self._queues)
+
+    def extend(self, owner: str, sequences: list[Sequence]) -> None:
+        queue = self._queues.get(owner)
+        if queue is None:
+            queue = self._queues[owner] = collections.deque()
+            self._turns.append(owner)
+        queue.extend(sequences)
+        self.size += len(sequences)
+
+    def _pop(self, owner: str) -> Sequence:
+        queue = self._queues[owner]
+        sequence = queue.popleft()
+        self.size -= 1
+        if not queue:
+            del self._queues[owner]
+            self._turns.remove(owner)
+        return sequence
+
+    def take(self, running: dict[str, int], max_batch: int, prompt_budget: int) -> tuple[list[Sequence], list[Sequence]]:
+        """``(to start now, cancelled while waiting)``; ``running`` counts the running sequences of each key."""
+        counts = collections.Counter(running)
+        total = sum(counts.values())
+        working = {owner for owner, count in counts.items() if count} | set(self._queues)
+        share = max(1, max_batch // max(1, len(working)))
+        taken: list[Sequence] = []
+        cancelled: list[Sequence] = []
+        tokens = 0
+        blocked: set[str] = set()
+        while self._turns and len(blocked) < len(self._turns):
+            owner = self._turns[0]
+            self._turns.rotate(-1)  # whatever happens, the next key has the next turn
+            if owner in blocked:
+                continue
+            sequence = self._queues[owner][0]
+            if sequence.cancelled:
+                cancelled.append(self._pop(owner))
+                continue
+            one_token = sequence.params.max_tokens == 1
+            below_share = counts[owner] < share and total < 2 * max_batch
+            if not one_token and not (total < max_batch or below_share):
+                blocked.add(owner)
+                continue
+            if taken and tokens + len(sequence.prompt_ids) > prompt_budget:
+                break
+            taken.append(self._pop(owner))
+            tokens += len(sequence.prompt_ids)
+            if not one_token:
+                counts[owner] += 1
+                total += 1
+        return taken, cancelled
+
+    def drain(self) -> list[Sequence]:
+        sequences = list(self)
+        self._queues.clear()
+        self._turns.clear()
+        self.size = 0
+        return sequences
+
+
 class Engine:
     """Owns the model in a worker thread; see the module docstring."""
 
@@ -164,7 +265,7 @@ class Engine:
         self.variant = "original"
         self._install(model, tokenizer)
         self._cond = threading.Condition()
-        self._pending: collections.deque[Sequence] = collections.deque()
+        self._pending = FairQueue()
         self._commands: collections.deque[tuple[str, Any, concurrent.futures.Future]] = collections.deque()
         self._active: list[Sequence] = []
         self._cache: Any = None
@@ -245,14 +346,20 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
 
-    def submit(self, sequences: list[Sequence], loop: asyncio.AbstractEventLoop, stream: bool) -> Job:
-        """Queue a request's sequences; returns the :class:`Job` to wait on."""
-        job = Job(sequences, loop, stream, self)
+    def submit(self, sequences: list[Sequence], loop: asyncio.AbstractEventLoop, stream: bool, owner: str | None = None) -> Job:
+        """Queue a request's sequences under ``owner`` (default: the current request's key); returns the :class:`Job`."""
+        owner = owner or REQUEST_KEY.get() or "?"
+        job = Job(sequences, loop, stream, self, owner)
         with self._cond:
             if len(self._pending) + len(sequences) > MAX_PENDING_SEQUENCES:
                 raise EngineBusy
-            self._pending.extend(sequences)
+            for sequence in sequences:
+                sequence.queued_step = self.counters["steps"]
+            self._pending.extend(owner, sequences)
             self._cond.notify_all()
+        jobs = REQUEST_JOBS.get()
+        if jobs is not None:
+            jobs.append(job)
         return job
 
     def request_swap(self, variant: str) -> concurrent.futures.Future:
@@ -284,6 +391,7 @@ class Engine:
                     if self._commands and not self._active:
                         command = self._commands.popleft()
                     admitted = [] if self._commands else self._take_pending()
+                    self.counters["steps"] += 1
                 if command is not None:
                     self._execute(command)
                     continue
@@ -303,31 +411,20 @@ class Engine:
                             self._fail(sequence, 500, "server_error", f"Generation failed ({type(error).__name__}).")
                     self._active, self._cache, self._mask = [], None, None
                 self._notify()
-        for sequence in [*self._active, *self._pending]:
+        for sequence in [*self._active, *self._pending.drain()]:
             if sequence.finish_reason is None:
                 self._finish(sequence, "cancelled")
         self._notify()
 
     def _take_pending(self) -> list[Sequence]:
-        """Waiting sequences to start now: free batch slots for long ones; one-token ones need none."""
-        free = self.max_batch - len(self._active)
-        taken: list[Sequence] = []
-        tokens = 0
-        while self._pending:
-            sequence = self._pending[0]
-            if sequence.cancelled:
-                self._pending.popleft()
-                self._finish(sequence, "cancelled")
-                continue
-            one_token = sequence.params.max_tokens == 1
-            if not one_token and free <= 0:
-                break
-            if taken and tokens + len(sequence.prompt_ids) > 4 * self.prefill_tokens:
-                break
-            self._pending.popleft()
-            taken.append(sequence)
-            tokens += len(sequence.prompt_ids)
-            free -= 0 if one_token else 1
+        """Waiting sequences to start now, the keys taking turns (:class:`FairQueue`). Called with the lock held."""
+        running = collections.Counter(sequence.job.owner if sequence.job is not None else "?" for sequence in self._active)
+        taken, cancelled = self._pending.take(running, self.max_batch, 4 * self.prefill_tokens)
+        for sequence in cancelled:
+            self._finish(sequence, "cancelled")
+        step = self.counters["steps"]
+        for sequence in taken:
+            sequence.started_step = step
         return taken
 
     def _notify(self) -> None:

@@ -116,11 +116,16 @@ def validation_message(error: dict[str, Any], param: str | None) -> str:
     return f"Invalid value for '{param}': {message[0].lower() + message[1:]} (got {_shown(value)})."
 
 
-async def _validation_handler(request: Request, exc: RequestValidationError) -> Response:
-    errors = list(exc.errors())
+def validation_error(errors: list[dict[str, Any]]) -> APIError:
+    """The 400 for pydantic's errors (locations starting with "body", as FastAPI gives them): the first one is named."""
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
     param = param_from_location(tuple(first.get("loc", ())))
-    return error_response(400, validation_message(first, param), param=param, code="invalid_value" if first.get("type") != "missing" else "missing_required_parameter")
+    return APIError(400, validation_message(first, param), param=param,
+                    code="invalid_value" if first.get("type") != "missing" else "missing_required_parameter")
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> Response:
+    return validation_error(list(exc.errors())).response()
 
 
 async def _http_handler(request: Request, exc: StarletteHTTPException) -> Response:

@@ -281,7 +281,7 @@ def start_provider(model: str | None = None, *, n_keys: int = 1, rpm: int | None
         sys.executable, "-m", "glassbox.provider",
         "--host", "127.0.0.1", "--port", str(port), "--fd", str(sock.fileno()),
         "--keys-file", str(keys_file), "--admin-key-file", str(admin_file),
-        "--parent-pid", str(os.getpid()), "--log-file", str(log_path),
+        "--parent-pid", str(os.getpid()), "--cleanup-dir", str(workdir), "--log-file", str(log_path),
         "--served-name", served_name, "--logit-bias-mode", logit_bias_mode, "--max-batch", str(max_batch),
         "--threads", str(threads),
     ]

@@ -42,6 +42,10 @@ MAX_MESSAGES = 2048  #: chat messages in one request
 DEFAULT_MAX_TOKENS = 16  #: completions without `max_tokens` (OpenAI's default)
 DEFAULT_CHAT_MAX_TOKENS = 128  #: chat without `max_tokens`: this many, or what is left of the context
 MAX_PENDING_SEQUENCES = 50_000  #: sequences waiting for the model; more gets 503 (server overloaded)
+#: What one request may make the model compute: prompts x n x (prompt tokens + max_tokens), echo included.
+DEFAULT_MAX_REQUEST_TOKENS = 32_768
+HEADER_TIMEOUT_SECONDS = 10.0  #: a connection that has not sent a whole request head by then is closed
+BODY_TIMEOUT_SECONDS = 30.0  #: a request body not received whole by then gets 408
 
 # --- the generation engine ---
 DEFAULT_MAX_BATCH = 64  #: sequences decoded together in one forward pass
@@ -63,7 +67,14 @@ limits (each gets an OpenAI-shaped 4xx):
   logit_bias          at most {MAX_LOGIT_BIAS} entries, token id -> {LOGIT_BIAS_RANGE[0]}..{LOGIT_BIAS_RANGE[1]}
   temperature 0..2, top_p 0..1, presence/frequency_penalty -2..2; chat messages 1..{MAX_MESSAGES}
   waiting sequences   at most {MAX_PENDING_SEQUENCES:,} in the whole server (503 server_overloaded)
-  rate limits         --rpm/--tpm per key: 429 rate_limit_exceeded with retry-after and x-ratelimit-* headers
+  request cost        prompts x n x (prompt tokens + max_tokens), echo included: what the model computes;
+                      at most --max-request-tokens (default {DEFAULT_MAX_REQUEST_TOKENS:,}) per request (400 request_too_large)
+  rate limits         --rpm/--tpm per key: 429 rate_limit_exceeded with retry-after and x-ratelimit-* headers;
+                      every request counts against --rpm, also one that is then refused as invalid;
+                      --tpm counts the request cost above
+  fairness            the keys take turns: each key's waiting sequences are started in turn, and a key
+                      below its share of the batch starts at the next step, however long another key's queue
+  timeouts            request head within {HEADER_TIMEOUT_SECONDS:g} s (else the connection is closed), body within {BODY_TIMEOUT_SECONDS:g} s (408)
 """
 
 
@@ -125,6 +136,10 @@ def parse_keys_file(path: str | Path) -> list[ApiKey]:
             keys.append(ApiKey(label, check_key(secret, where)))
         else:
             raise KeyFileError(f"{where}: expected `key` or `label key`, found {len(parts)} words.")
+    if not keys:
+        raise KeyFileError(f"The keys file {path} holds no key (only blank lines and comments): write one key per line, "
+                           "or `label key`. (Without any key the server would make one up, and nobody in the class "
+                           "could use it.)")
     return keys
 
 
