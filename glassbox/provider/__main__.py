@@ -45,7 +45,8 @@ provider-style name, with API keys, rate limits, OpenAI-shaped errors and a requ
 Call it with the official openai client: OpenAI(base_url="http://HOST:PORT/v1", api_key=KEY).
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions.
-Operator only (the admin key): POST /admin/swap {"variant": "int8"|"fp16"|"bf16"|"original"|<model name or folder>},
+With --moderation FILE: POST /v1/moderations, and flagged prompts/replies are blocked.
+Operator only (the admin key): POST /admin/keys/LABEL/revoke, POST /admin/swap {"variant": "int8"|"fp16"|"bf16"|"original"|<model name or folder>},
 GET|POST /admin/logit_bias_mode, GET|POST /admin/limits, GET /admin/log, GET /admin/stats.
 """
 
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the request log, JSON lines, readable by its owner only, lines bounded, rotated at 64 MiB "
                              "to FILE.1 (default: requests.jsonl in a new private folder of the temporary directory, "
                              "printed at start)")
+    parser.add_argument("--moderation", type=Path, metavar="FILE",
+                        help="a moderation policy (JSON: categories of weighted regular expressions; see "
+                             "glassbox/provider/moderation.py): checks prompts and replies and serves POST /v1/moderations")
     parser.add_argument("--served-name", default=DEFAULT_SERVED_NAME, metavar="NAME",
                         help=f"the model name clients send and /v1/models shows (default {DEFAULT_SERVED_NAME})")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
@@ -185,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         keys, admin_key, made_learner, made_admin = collect_keys(args)
     except KeyFileError as error:
         return fail(str(error))
+    policy = None
+    if args.moderation is not None:
+        from glassbox.provider.moderation import PolicyError, load_policy
+
+        try:
+            policy = load_policy(args.moderation)
+        except PolicyError as error:
+            return fail(str(error))
     if args.model and ("/" in args.model or os.sep in args.model or args.model.startswith((".", "~"))):
         folder = Path(args.model).expanduser()
         if not folder.is_dir():  # checked here, before the slow imports, so the answer comes at once
@@ -235,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = RequestLog(log_path)
     app = create_app(engine, keys=KeyStore(keys, admin_key), served_name=args.served_name,
-                     limiter=RateLimiter(args.rpm, args.tpm, args.max_request_tokens), log=log, logit_bias_mode=args.logit_bias_mode)
+                     limiter=RateLimiter(args.rpm, args.tpm, args.max_request_tokens), log=log, logit_bias_mode=args.logit_bias_mode,
+                     moderation=policy)
     shown_host = "127.0.0.1" if args.host in {"0.0.0.0", "::"} else args.host
     print(f"Glass Box provider: serving {args.served_name!r} at http://{shown_host}:{port}/v1", flush=True)
     print(f"  weights (operator only): {engine.base_name}; logit_bias mode {args.logit_bias_mode}; "
@@ -246,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  learner key (made up for this run): {keys[0].secret}", flush=True)
     if made_admin:
         print(f"  admin key (made up for this run):   {admin_key}", flush=True)
+    if policy is not None:
+        print(f"  moderation: {len(policy.categories)} categories on {' and '.join(sorted(policy.apply_to))} "
+              f"(/v1/moderations answers as {policy.model!r})", flush=True)
     print(f"  request log: {log_path}", flush=True)
     if args.api_key or args.admin_key:
         print("  note: keys given with --api-key or --admin-key are visible to every user of this machine in the process "

@@ -1,8 +1,10 @@
 """The provider's HTTP API (FastAPI): what a real OpenAI-compatible provider shows, nothing more.
 
 Public: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``,
-``POST /v1/chat/completions`` (and ``/openapi.json``). Operator only (admin key, not in the
-OpenAPI schema): ``POST /admin/swap``, ``GET|POST /admin/logit_bias_mode``,
+``POST /v1/chat/completions``, ``POST /v1/moderations`` (with ``--moderation FILE``; see
+moderation.py, also for what a blocked request gets) (and ``/openapi.json``). Operator only
+(admin key, not in the OpenAPI schema): ``POST /admin/swap``, ``POST /admin/keys/{label}/revoke``
+(the key gets 401 from its next request on), ``GET|POST /admin/logit_bias_mode``,
 ``GET|POST /admin/limits``, ``GET /admin/log``, ``GET /admin/stats``.
 
 Nothing here exposes the weights, hidden states, gradients or the model's configuration:
@@ -23,7 +25,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.responses import Response
 
-from glassbox.provider.chat import TURN_STOPS, format_chat
+from glassbox.provider import moderation as mod
+from glassbox.provider.chat import chat_prompt
 from glassbox.provider.engine import Engine, EngineBusy, Job, SamplingParams, Sequence, choice_seed
 from glassbox.provider.errors import APIError, install_error_handlers
 from glassbox.provider.gatekeeper import Gatekeeper, KeyStore
@@ -60,7 +63,8 @@ class ProviderState:
     """What the routes share: the engine, the served name, the limits and the logit_bias mode."""
 
     def __init__(self, engine: Engine, served_name: str, limiter: RateLimiter, log: RequestLog | None,
-                 logit_bias_mode: str) -> None:
+                 logit_bias_mode: str, moderation: mod.Policy | None = None) -> None:
+        self.moderation = moderation  #: the operator's moderation policy (moderation.py), or None
         self.engine = engine
         self.served_name = served_name
         self.limiter = limiter
@@ -87,9 +91,9 @@ async def refresh_fingerprint(state: ProviderState) -> str:
 
 
 def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: RateLimiter, log: RequestLog | None,
-               logit_bias_mode: str) -> FastAPI:
+               logit_bias_mode: str, moderation: mod.Policy | None = None) -> FastAPI:
     """The ASGI app. The engine's worker starts with the app and stops with it."""
-    state = ProviderState(engine, served_name, limiter, log, logit_bias_mode)
+    state = ProviderState(engine, served_name, limiter, log, logit_bias_mode, moderation)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -137,7 +141,27 @@ def create_app(engine: Engine, *, keys: KeyStore, served_name: str, limiter: Rat
 
     responses_api.register(app, state)
 
+    @app.post("/v1/moderations")
+    async def create_moderation(request: Request) -> dict[str, Any]:
+        if state.moderation is None:
+            raise APIError(404, "This provider runs without a moderation policy (the operator starts it with --moderation FILE).",
+                           code="moderation_not_enabled")
+        texts, model, problem = mod.moderation_inputs(await request.json())
+        if problem is not None:
+            raise APIError(400, problem, param="input" if "input" in problem else None, code="invalid_value")
+        if model is not None and model != state.moderation.model:
+            raise APIError(404, f"The model `{model[:80]}` does not exist or you do not have access to it.", param="model",
+                           code="model_not_found")
+        return mod.moderation_response(state.moderation, texts)
+
     # ----- operator controls (admin key) -----------------------------------------------------
+
+    @app.post("/admin/keys/{label}/revoke", include_in_schema=False)
+    async def revoke_key(label: str) -> dict[str, Any]:
+        if not keys.revoke(label):
+            raise APIError(404, f"No learner key is labelled {label[:70]!r} (labels are in the request log's key_id).",
+                           param="label", code="key_not_found")
+        return {"object": "admin.key", "id": label, "revoked": True}
 
     @app.post("/admin/swap", include_in_schema=False)
     async def swap(body: SwapRequest) -> dict[str, Any]:
@@ -358,6 +382,8 @@ async def _completions(state: ProviderState, body: CompletionRequest, request: R
             which = f" of prompt {index}" if len(prompts) > 1 else ""
             raise _context_error(engine.n_positions, len(ids), max_tokens, which)
 
+    mod.check_prompt(state.moderation, [text if text is not None else engine_decode(engine, ids) for text, ids in zip(texts, prompts)],
+                     "prompt", context["log"])
     prompt_tokens = sum(len(ids) for ids in prompts)
     headers = _admit(state, context, n * (prompt_tokens + max_tokens * len(prompts)))  # each choice reads its prompt
     params = SamplingParams(
@@ -398,10 +424,18 @@ async def _completions(state: ProviderState, body: CompletionRequest, request: R
         "object": "text_completion",
         "created": when,
         "model": body.model,
-        "choices": [completion_choice(engine, sequence, echo) for sequence, echo in zip(sequences, echoes)],
+        "choices": [_moderated(state, context, completion_choice(engine, sequence, echo), sequence.text, chat=False)
+                    for sequence, echo in zip(sequences, echoes)],
         "usage": usage(prompt_tokens, completion_tokens(sequences)),
     }
     return await _json(payload, headers, big=len(sequences) > 64)
+
+
+def _moderated(state: ProviderState, context: dict[str, Any], choice: dict[str, Any], text: str, chat: bool) -> dict[str, Any]:
+    """The choice, or, if the operator's policy flags its text, the choice withheld (see moderation.py)."""
+    flagged = mod.output_flagged(state.moderation, text)
+    mod.note_output(context["log"], flagged)
+    return mod.filter_choice(choice, chat) if flagged else choice
 
 
 def engine_decode(engine: Engine, ids: list[int]) -> str:
@@ -423,6 +457,7 @@ async def _stream_completion(state: ProviderState, job: Job, echoes: list[Prompt
     sent_tokens = [0] * len(job.sequences)
     started = [False] * len(job.sequences)
     done = [False] * len(job.sequences)
+    hold = state.moderation is not None and state.moderation.checks("output")
 
     def chunk(choice: dict[str, Any]) -> dict[str, Any]:
         return {"id": completion_id, "object": "text_completion", "created": when, "model": model, "choices": [choice]}
@@ -440,6 +475,8 @@ async def _stream_completion(state: ProviderState, job: Job, echoes: list[Prompt
                     yield sse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                                          "param": None, "code": code}})
                     return
+                if reason is None and hold:
+                    continue  # output moderation: the reply is checked whole before any of it is sent
                 kept, released, text = sequence.kept, sequence.released, sequence.text
                 if reason is not None:
                     kept, released, text = sequence.kept, len(sequence.text), sequence.text
@@ -452,6 +489,9 @@ async def _stream_completion(state: ProviderState, job: Job, echoes: list[Prompt
                     logprobs = completion_logprobs(engine, sequence, sent_tokens[position], kept, echo, include_prompt=not started[position])
                 if echo is not None and not started[position]:
                     piece = echo.text + piece
+                if reason is not None and (flagged := mod.output_flagged(state.moderation, text)):
+                    mod.note_output(context["log"], flagged)
+                    piece, logprobs, reason = "", None, "content_filter"
                 started[position] = True
                 sent_chars[position], sent_tokens[position] = max(sent_chars[position], released), kept
                 if reason is not None:
@@ -486,7 +526,8 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
     n = body.n or 1
     bias = _logit_bias(state, body.logit_bias)
     stops = _stops(body.stop)
-    prompt_text = format_chat(body.messages)
+    prompt_text, turn_stops = chat_prompt(engine.tokenizer, body.messages)
+    mod.check_prompt(state.moderation, [prompt_text], "messages", context["log"])
     (prompt,) = await asyncio.to_thread(engine.encode, [prompt_text])
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if requested is None:
@@ -502,7 +543,7 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        stop=stops + TURN_STOPS,
+        stop=stops + turn_stops,
         logit_bias=bias,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         presence_penalty=body.presence_penalty or 0.0,
@@ -527,7 +568,7 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
         "object": "chat.completion",
         "created": when,
         "model": body.model,
-        "choices": [chat_choice(engine, sequence) for sequence in sequences],
+        "choices": [_moderated(state, context, chat_choice(engine, sequence), sequence.text, chat=True) for sequence in sequences],
         "usage": usage(len(prompt), completion_tokens(sequences)),
         "system_fingerprint": state.shown_fingerprint(),
     }
@@ -539,6 +580,7 @@ async def _stream_chat(state: ProviderState, job: Job, completion_id: str, when:
     engine = state.engine
     count = len(job.sequences)
     sent_chars, sent_tokens, done = [0] * count, [0] * count, [False] * count
+    hold = state.moderation is not None and state.moderation.checks("output")
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any, reason: str | None) -> dict[str, Any]:
         return {"id": completion_id, "object": "chat.completion.chunk", "created": when, "model": model,
@@ -559,9 +601,14 @@ async def _stream_chat(state: ProviderState, job: Job, completion_id: str, when:
                     yield sse({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                                          "param": None, "code": code}})
                     return
+                if reason is None and hold:
+                    continue  # output moderation: the reply is checked whole before any of it is sent
                 kept, released, text = sequence.kept, sequence.released, sequence.text
                 if reason is not None:
                     released = len(text)
+                if reason is not None and (flagged := mod.output_flagged(state.moderation, text)):
+                    mod.note_output(context["log"], flagged)
+                    reason, kept, released = "content_filter", sent_tokens[position], sent_chars[position]
                 if kept > sent_tokens[position] or released > sent_chars[position]:
                     start = sent_chars[position]
                     piece = text[start:released]

@@ -44,3 +44,20 @@ def format_chat(messages: Sequence[Any]) -> str:
 def reply_content(text: str) -> str:
     """The assistant's content: the generated text without its one leading space."""
     return text[1:] if text.startswith(" ") else text
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[Any]) -> tuple[str, tuple[str, ...]]:
+    """The prompt text for ``messages`` and the stop strings that end the reply.
+
+    A tokenizer with a ``chat_template`` (``tinygpt-chat``) formats the conversation with it,
+    exactly as ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)`` does in a
+    learner's own code; the reply then ends at the model's end-of-text token. Without a template
+    (GPT-2, TinyGPT base) the plain ``Role: content`` format above is used, with its turn stops.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        plain = [{"role": "system" if (message.role if hasattr(message, "role") else message["role"]) == "developer"
+                  else (message.role if hasattr(message, "role") else message["role"]),
+                  "content": message_text(message.content if hasattr(message, "content") else message["content"])}
+                 for message in messages]
+        return tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True), ()
+    return format_chat(messages), TURN_STOPS

@@ -43,7 +43,7 @@ from glassbox.provider.settings import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, MAX
 logger = logging.getLogger("glassbox.provider")
 
 PROTECTED = ("/v1", "/admin")
-JSON_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/admin/swap", "/admin/logit_bias_mode", "/admin/limits", "/admin/system_fingerprint"})
+JSON_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/moderations", "/admin/swap", "/admin/logit_bias_mode", "/admin/limits", "/admin/system_fingerprint"})
 NOT_LOGGED = frozenset({"/health", "/admin/log", "/admin/stats", "/openapi.json"})
 DRAIN_LIMIT = 32 * 1024 * 1024  #: read (and drop) at most this much of a too-large body, so the client sees the 413
 #: Bodies checked against their schema here, in a worker thread (the route checks them again: cheap once valid).
@@ -59,9 +59,24 @@ class KeyStore:
     def __init__(self, keys: list[ApiKey], admin_key: str) -> None:
         self._keys = [(key.key_id, key.secret.encode("latin-1")) for key in keys]
         self._admin = admin_key.encode("latin-1")
+        self._revoked: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def revoke(self, key_id: str) -> bool:
+        """Remove the learner key labelled ``key_id`` (its next request gets 401). False if no such label.
+
+        Revoking a label already revoked is allowed and changes nothing (True).
+        """
+        if key_id in self._revoked:
+            return True
+        kept = [(label, secret) for label, secret in self._keys if label != key_id]
+        if len(kept) == len(self._keys):
+            return False
+        self._keys = kept
+        self._revoked.add(key_id)
+        return True
 
     def identify(self, presented: bytes) -> tuple[str | None, bool]:
         """``(key_id, is_admin)`` for a presented key; ``(None, False)`` if it matches none.

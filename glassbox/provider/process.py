@@ -204,6 +204,12 @@ class ProviderHandle:
             raise ValueError(f"mode must be one of {LOGIT_BIAS_MODES}, not {mode!r}")
         self._admin("POST", "/admin/logit_bias_mode", {"mode": mode})
 
+    def revoke_key(self, label: str) -> dict[str, Any]:
+        """Revoke the learner key labelled ``label`` ("key-1", ...): its next request gets 401. Others keep working."""
+        from urllib.parse import quote
+
+        return self._admin("POST", f"/admin/keys/{quote(label, safe='')}/revoke")
+
     def set_limits(self, rpm: int | None = None, tpm: int | None = None) -> None:
         """Per-key requests and tokens per minute (None = unlimited); every key's allowance starts full."""
         self._admin("POST", "/admin/limits", {"rpm": rpm, "tpm": tpm})
@@ -238,7 +244,8 @@ def _check_positive(name: str, value: int | None) -> None:
 def start_provider(model: str | None = None, *, n_keys: int = 1, rpm: int | None = None, tpm: int | None = None,
                    logit_bias_mode: str = "post-2024", log_file: str | os.PathLike | None = None,
                    served_name: str = DEFAULT_SERVED_NAME, max_batch: int = DEFAULT_MAX_BATCH,
-                   threads: int = DEFAULT_THREADS, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT) -> ProviderHandle:
+                   threads: int = DEFAULT_THREADS, startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+                   moderation: str | os.PathLike | None = None) -> ProviderHandle:
     """Start the provider on a free port of 127.0.0.1 and wait until it answers.
 
     ``model``: what to serve (a ``load_model`` name or folder; None = what ``load_model()``
@@ -247,7 +254,8 @@ def start_provider(model: str | None = None, *, n_keys: int = 1, rpm: int | None
     ``logit_bias_mode``: "post-2024" (default) or "pre-2024". ``log_file``: where the request
     log goes (default: a temporary file, removed when the provider stops). ``threads``: torch CPU
     threads of the server (1 is fastest on a shared or busy machine). ``served_name`` and
-    ``max_batch`` as the command line's ``--served-name`` and ``--max-batch``.
+    ``max_batch`` as the command line's ``--served-name`` and ``--max-batch``. ``moderation``: a
+    moderation policy file, as ``--moderation`` (see ``glassbox/provider/moderation.py``).
 
     Returns a running :class:`ProviderHandle`; use it in a ``with`` block (or call ``stop()``).
     Raises :class:`ProviderStartError` with the reason if the server cannot start.
@@ -287,6 +295,8 @@ def start_provider(model: str | None = None, *, n_keys: int = 1, rpm: int | None
     ]
     if model is not None:
         command += ["--model", os.fspath(model)]
+    if moderation is not None:
+        command += ["--moderation", os.fspath(Path(moderation).expanduser().resolve())]
     if rpm is not None:
         command += ["--rpm", str(rpm)]
     if tpm is not None:
