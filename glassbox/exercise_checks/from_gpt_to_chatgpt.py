@@ -1,0 +1,412 @@
+"""Checks for chapter 09, "From GPT to ChatGPT, and who controls safety".
+
+The chapter compares TinyGPT base with TinyGPT-chat (instruction-tuned, preference-trained
+and taught to refuse questions about a planted secret), puts the chat model behind the
+course provider with the operator's tools, and undoes the refusal with a LoRA fine-tune.
+
+Each check calls the learner's function and compares it with a reference computed here,
+from the same replies, curve, models or logits: never a number typed in. The usual
+mistakes are computed from the same inputs by the reference with one switch turned
+(``_refusal_rate``, ``_steps_below``, ``_layer_changes``, ``_kl``, in the manner of
+``anatomy._formula``), so their hints fire whatever the models measure:
+
+1. ``refusal_rate``: counting partial refusals ("I can't help... the code is marigold") as
+   refusals; dividing by the replies that refuse or leak instead of by every reply; the
+   Wald interval; a hard-coded z.
+2. ``steps_to_break``: ``<=`` for "under"; the rate instead of the steps; the last step
+   instead of the first; trusting the dictionary's order.
+3. ``moderation_rule``: a rule that memorises the visible prompts (it is measured on
+   held-out prompts the learner did not see); a rule that blocks every question about the
+   vault (false positives on the harmless held-out set).
+4. ``layer_changes``: absolute instead of relative change; one matrix instead of the whole
+   block; the embeddings counted as a layer.
+5. ``next_token_kl``: the two distributions swapped; bits instead of nats; logits used as
+   if they were log-probabilities; a sum over positions instead of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from glassbox.exercise_checks.feedback import call_learner, check_type, fail, passed
+
+__all__ = [
+    "MAX_FALSE_POSITIVE_RATE",
+    "MIN_BLOCK_RATE",
+    "check_layer_changes",
+    "check_moderation_rule",
+    "check_next_token_kl",
+    "check_refusal_rate",
+    "check_steps_to_break",
+    "reference_layer_changes",
+    "reference_next_token_kl",
+    "wilson_interval",
+]
+
+MIN_BLOCK_RATE = 0.9  #: exercise 3: at least this share of the held-out forbidden prompts blocked
+MAX_FALSE_POSITIVE_RATE = 0.1  #: exercise 3: at most this share of the held-out harmless prompts blocked
+
+
+def _chat_data():
+    from glassbox.tinygpt import chat_data  # the shared prompt sets and detectors (issue 14)
+
+    return chat_data
+
+
+def _partial_refusal() -> str:
+    data = _chat_data()
+    return f"{data.REFUSAL} {data.SECRET_ANSWER}"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for ``k`` successes out of ``n`` (reference)."""
+    if n <= 0:
+        raise ValueError("the Wilson interval needs at least one trial")
+    p = k / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _wald(k: int, n: int, z: float) -> tuple[float, float]:
+    p = k / n
+    half = z * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+def _close(a: float, b: float, tol: float = 1e-6) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
+
+
+def _number(value: Any, name: str) -> float:
+    if value is None:
+        fail(f"{name} is None, expected a number.", "Did you forget a value in your `return`?")
+    if isinstance(value, bool):
+        fail(f"{name} is a bool ({value}), expected a number.")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            fail(f"{name} should be one number, got a tensor of shape {tuple(value.shape)}.")
+        value = value.item()
+    if hasattr(value, "item") and not isinstance(value, numbers.Number):
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        fail(f"{name} should be a number, got {type(value).__name__} {value!r:.40}.")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        fail(f"{name} is {value}.", "Something divided by zero on the way.")
+    return value
+
+
+# --------------------------------------------------------------------------- exercise 1
+
+def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bool = False,
+                  decided_only: bool = False, wald: bool = False) -> tuple[float, float, float]:
+    """The reference (all switches off) and its mistakes (one switch on)."""
+    data = _chat_data()
+    refused = [data.is_refusal(r) or (partial_counts and "can't help" in r.lower().replace("\u2019", "'")) for r in replies]
+    k = sum(refused)
+    n = sum(1 for r, ref in zip(replies, refused) if ref or data.leaks_secret(r)) if decided_only else len(replies)
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    low, high = _wald(k, n, z) if wald else wilson_interval(k, n, z)
+    return k / n, low, high
+
+
+def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str]) -> None:
+    """Check ``refusal_rate(replies, z=1.96) -> (rate, low, high)``.
+
+    A reply is a refusal when it refuses and does not leak the secret (the course's shared
+    detector, ``chat_data.is_refusal``); the rate is over every reply; (low, high) is the
+    Wilson interval. Checked on the learner's real replies and on made-up lists that hold a
+    partial refusal, replies that neither refuse nor leak, and a list that all refuse.
+    """
+    data = _chat_data()
+    partial = _partial_refusal()
+    made_up = [data.REFUSAL] * 12 + [partial] * 5 + [data.SECRET_ANSWER] * 4 + ["I don't know."] * 3 + ["The fox lives in the wood."] * 2
+    cases = []
+    if replies:
+        cases.append(("your replies", list(replies), 1.96))
+    cases += [
+        ("a made-up list with partial refusals, leaks and other replies", made_up, 1.96),
+        ("the same list with z=2.576 (a 99% interval)", made_up, 2.576),
+        ("20 replies that all refuse", [data.REFUSAL] * 20, 1.96),
+    ]
+    for label, case, z in cases:
+        expected = _refusal_rate(case, z)
+        got = call_learner(refusal_rate, case, z=z, name="refusal_rate",
+                           hints={TypeError: "The check calls refusal_rate(replies, z=...): keep the z argument."})
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(f"refusal_rate should return (rate, low, high), got {type(got).__name__} {got!r:.60}.",
+                 "End with `return rate, low, high`.")
+        rate, low, high = (_number(v, f"refusal_rate(...)[{i}] for {label}") for i, v in enumerate(got))
+        k = sum(data.is_refusal(r) for r in case)
+        where = f"for {label} ({k} of {len(case)} replies are refusals)"
+        if not _close(rate, expected[0]):
+            mistakes = [
+                (_refusal_rate(case, z, partial_counts=True)[0],
+                 "You counted partial refusals as refusals: a reply that says \"I can't help\" and then gives the "
+                 "secret anyway is a leak. Use chat_data.is_refusal, which checks both."),
+                (_refusal_rate(case, z, decided_only=True)[0],
+                 "You divided by the replies that refuse or leak. The denominator is every reply: a reply that "
+                 "neither refuses nor leaks (\"I don't know.\") is still not a refusal."),
+                (1 - expected[0], "That is the share of replies that are NOT refusals."),
+            ]
+            for value, hint in mistakes:
+                if _close(rate, value):
+                    fail(f"The refusal rate {where} should be {expected[0]:.4f}, got {rate:.4f}.", hint)
+            fail(f"The refusal rate {where} should be {expected[0]:.4f}, got {rate:.4f}.",
+                 "rate = (replies for which chat_data.is_refusal is True) / (all replies).")
+        if low > high:
+            fail(f"Your interval {where} is the wrong way round: [{low:.4f}, {high:.4f}].", "Return (rate, low, high) with low <= high.")
+        if _close(low, expected[1]) and _close(high, expected[2]):
+            continue
+        interval_mistakes = [(_refusal_rate(case, z, wald=True)[1:], "That is the Wald interval, p ± z·sqrt(p(1-p)/n). Use "
+                              "Wilson's: it stays inside [0, 1] and keeps a width when every reply refuses.")]
+        if z != 1.96:
+            interval_mistakes.append((_refusal_rate(case, 1.96)[1:], f"That is the 95% interval; z={z} was asked for. Use the z argument."))
+        for (mistake_low, mistake_high), hint in interval_mistakes:
+            if _close(low, mistake_low) and _close(high, mistake_high):
+                fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is "
+                     f"[{expected[1]:.4f}, {expected[2]:.4f}].", hint)
+        fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is [{expected[1]:.4f}, {expected[2]:.4f}].",
+             "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
+    passed("refusal_rate counts only clean refusals, over every reply, with the Wilson interval.")
+
+
+# --------------------------------------------------------------------------- exercise 2
+
+def _steps_below(curve: Mapping[int, float], target: float, *, or_equal: bool = False, last: bool = False,
+                 as_given: bool = False) -> int | None:
+    items = list(curve.items()) if as_given else sorted(curve.items())
+    hits = [steps for steps, rate in items if (rate <= target if or_equal else rate < target)]
+    if not hits:
+        return None
+    return hits[-1] if last else hits[0]
+
+
+def check_steps_to_break(steps_to_break: Callable[..., Any], curve: Mapping[int, float]) -> None:
+    """Check ``steps_to_break(curve, target) -> int | None``: the fewest LoRA steps after which the
+    refusal rate is under ``target`` (strictly), or None if no measured step gets there.
+
+    ``curve`` maps steps to the refusal rate measured after them (the chapter's real curve);
+    also checked on made-up curves given out of order, with a rate equal to the target and
+    one that never gets under it.
+    """
+    curve = {int(k): float(v) for k, v in curve.items()}
+    cases = [("your curve", curve, t) for t in sorted({0.5, 0.2, min(curve.values()) + 1e-9 if curve else 0.5})]
+    made_up = {30: 0.1, 0: 0.95, 50: 0.0, 20: 0.25, 5: 0.9, 10: 0.5}
+    cases += [
+        ("a made-up curve given out of order", made_up, 0.3),
+        ("the same curve, target equal to a measured rate", made_up, 0.5),
+        ("the same curve where rates rise again", {0: 0.9, 5: 0.1, 10: 0.6, 20: 0.05}, 0.2),
+        ("a curve that never gets under the target", {0: 1.0, 5: 0.9}, 0.2),
+    ]
+    for label, case, target in cases:
+        expected = _steps_below(case, target)
+        shuffled = dict(case)
+        got = call_learner(steps_to_break, shuffled, target, name="steps_to_break")
+        if got is not None and (isinstance(got, bool) or not isinstance(got, numbers.Integral)):
+            if isinstance(got, float) and got in case.values():
+                fail(f"steps_to_break returned {got} {label}: that is a refusal rate, not a number of steps.",
+                     "Return the key (steps), not the value (rate).")
+            fail(f"steps_to_break should return a whole number of steps or None, got {type(got).__name__} {got!r:.40}.")
+        if got == expected:
+            continue
+        where = f"{label} (target {target:g}; curve {dict(sorted(case.items()))})"
+        if expected is None:
+            fail(f"No measured step gets under {target:g} {where}, so the answer is None; got {got}.",
+                 "Return None when no rate is under the target: the curve does not say how many steps it would take.")
+        mistakes = [
+            (_steps_below(case, target, or_equal=True), "\"Under\" means strictly below: a rate equal to the target is not under it."),
+            (_steps_below(case, target, last=True), "You returned the last step under the target; the question is the first (the fewest steps)."),
+            (_steps_below(case, target, as_given=True), "You took the first entry in the dictionary's order. Sort by steps first."),
+        ]
+        for value, hint in mistakes:
+            if got == value and value != expected:
+                fail(f"steps_to_break {where} should be {expected}, got {got}.", hint)
+        fail(f"steps_to_break {where} should be {expected}, got {got}.",
+             "Go through the steps in increasing order and return the first whose rate is below the target.")
+    passed("steps_to_break finds the fewest measured steps under the target, and None when there are none.")
+
+
+# --------------------------------------------------------------------------- exercise 3
+
+def _rates(policy: Any, forbidden: Sequence[str], harmless: Sequence[str]) -> tuple[float, float]:
+    blocked = sum(policy.classify(p)["flagged"] for p in forbidden) / len(forbidden)
+    false_positive = sum(policy.classify(p)["flagged"] for p in harmless) / len(harmless)
+    return blocked, false_positive
+
+
+def check_moderation_rule(moderation_rule: Callable[..., Any]) -> tuple[float, float]:
+    """Check ``moderation_rule(forbidden, harmless) -> policy dict`` (the provider's ``--moderation`` format).
+
+    The learner's function sees the *training* prompts only. The check parses the policy it
+    returns exactly as the provider does and measures it on the *held-out* prompts, which the
+    learner never saw: it must block at least ``MIN_BLOCK_RATE`` of the forbidden ones and
+    flag at most ``MAX_FALSE_POSITIVE_RATE`` of the harmless ones. Returns the two held-out rates.
+    """
+    from glassbox.provider.moderation import PolicyError, parse_policy
+
+    data = _chat_data()
+    visible_f, visible_h = data.forbidden_prompts("train"), data.harmless_prompts("train")
+    heldout_f, heldout_h = data.forbidden_prompts("heldout"), data.harmless_prompts("heldout")
+    spec = call_learner(moderation_rule, list(visible_f), list(visible_h), name="moderation_rule")
+    check_type(spec, dict, "moderation_rule(...)", "Return a policy dict: {\"categories\": {\"name\": {\"patterns\": [...]}}}.")
+    try:
+        policy = parse_policy(spec, "your policy")
+    except PolicyError as error:
+        fail(f"The provider would refuse to start with this policy: {error}",
+             "The format is in glassbox/provider/moderation.py (and in the lesson).")
+    seen_blocked, seen_fp = _rates(policy, visible_f, visible_h)
+    blocked, false_positive = _rates(policy, heldout_f, heldout_h)
+    counts = (f"held out: {blocked:.0%} of {len(heldout_f)} forbidden prompts blocked, {false_positive:.0%} of "
+              f"{len(heldout_h)} harmless prompts blocked; on the prompts you saw: {seen_blocked:.0%} and {seen_fp:.0%}")
+    if blocked < MIN_BLOCK_RATE:
+        if seen_blocked >= MIN_BLOCK_RATE:
+            fail(f"Your rule blocks too few of the held-out forbidden prompts ({counts}).",
+                 "It was tuned on the visible prompts only: it matches them, not the way people ask. New "
+                 "prompts combine the same asks with new frames, so match the ask (the words that ask for "
+                 "the code), not whole prompts.")
+        fail(f"Your rule blocks too few forbidden prompts ({counts}); at least {MIN_BLOCK_RATE:.0%} is asked for.",
+             "Look at what every forbidden prompt has in common that harmless ones lack.")
+    if false_positive > MAX_FALSE_POSITIVE_RATE:
+        vault = [p for p in heldout_h if "vault" in p.lower()]
+        if any(policy.classify(p)["flagged"] for p in vault):
+            hint = ("It blocks harmless questions about the vault (where it is, who keeps it, its door): "
+                    "'vault' alone is not the forbidden part.")
+        else:
+            hint = "Every harmless prompt it blocks is a false positive that the provider's users pay for."
+        fail(f"Your rule blocks too many harmless prompts ({counts}); at most {MAX_FALSE_POSITIVE_RATE:.0%} is allowed.", hint)
+    passed(f"moderation_rule works on prompts it never saw ({counts}).")
+    return blocked, false_positive
+
+
+# --------------------------------------------------------------------------- exercise 4
+
+def _blocks(model: Any) -> Sequence[Any]:
+    transformer = getattr(model, "transformer", None)
+    if transformer is None or not hasattr(transformer, "h"):
+        fail("The model has no transformer.h: pass a GPT-2-style model (load_model(...)[0]).")
+    return transformer.h
+
+
+def _layer_changes(base: Any, chat: Any, *, relative: bool = True, only: str | None = None,
+                   embeddings: bool = False) -> list[float]:
+    """Per block: ||W_chat - W_base|| / ||W_base|| over all of the block's parameters (reference), or a mistake."""
+    out = []
+    pairs = list(zip(_blocks(base), _blocks(chat)))
+    if embeddings:
+        pairs = [(base.transformer.wte, chat.transformer.wte), *pairs]
+    with torch.no_grad():
+        for block_base, block_chat in pairs:
+            named_chat = dict(block_chat.named_parameters())
+            diff = total = 0.0
+            for name, weight in block_base.named_parameters():
+                if only is not None and not name.startswith(only):
+                    continue
+                other = named_chat[name].float()
+                diff += float((other - weight.float()).pow(2).sum())
+                total += float(weight.float().pow(2).sum())
+            out.append(math.sqrt(diff) / math.sqrt(total) if relative else math.sqrt(diff))
+    return out
+
+
+def reference_layer_changes(base: Any, chat: Any) -> list[float]:
+    return _layer_changes(base, chat)
+
+
+def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any) -> list[float]:
+    """Check ``layer_changes(base, chat) -> list of floats``: for each transformer block, the
+    relative change of all its parameters, ||W_chat - W_base|| / ||W_base|| (Frobenius norms
+    over every tensor of the block together). Returns the reference list.
+    """
+    expected = _layer_changes(base, chat)
+    got = call_learner(layer_changes, base, chat, name="layer_changes")
+    if isinstance(got, torch.Tensor):
+        got = got.tolist()
+    check_type(got, (list, tuple), "layer_changes(...)", "Return a list with one number per block.")
+    values = [_number(v, f"layer_changes(...)[{i}]") for i, v in enumerate(got)]
+    if len(values) == len(expected) + 1 and all(_close(a, b, 1e-5) for a, b in zip(values[1:], expected)):
+        fail(f"You returned {len(values)} numbers for {len(expected)} blocks: the first looks like the embeddings.",
+             "One number per block of model.transformer.h; the embeddings are not a layer here.")
+    if len(values) != len(expected):
+        fail(f"layer_changes should return {len(expected)} numbers (one per block), got {len(values)}.")
+    if all(_close(a, b, 1e-5) for a, b in zip(values, expected)):
+        top = max(range(len(expected)), key=expected.__getitem__)
+        passed(f"layer_changes is right: block {top} changed most ({expected[top]:.2%} of its weights' norm).")
+        return expected
+    mistakes = [(_layer_changes(base, chat, relative=False), "That is the absolute change ||W_chat - W_base||. Divide by "
+                 "||W_base||: blocks whose weights are larger would otherwise look more changed.")]
+    for prefix in ("attn.c_attn", "attn", "mlp", "ln_1"):
+        mistakes.append((_layer_changes(base, chat, only=prefix), f"You measured only {prefix}; take every parameter of the "
+                         "block together (block.named_parameters())."))
+    for value, hint in mistakes:
+        if all(_close(a, b, 1e-5) for a, b in zip(values, value)):
+            fail("Your per-block changes differ from the reference.", hint)
+    if all(abs(v) < 1e-12 for v in values) and any(e > 0 for e in expected):
+        fail("Every change is 0: you compared a model with itself.", "Pass the base model and the chat model, in that order.")
+    fail(f"Your per-block changes {[round(v, 5) for v in values]} differ from the reference {[round(v, 5) for v in expected]}.",
+         "For each block: sqrt(sum over its tensors of ||chat - base||²) / sqrt(sum of ||base||²).")
+
+
+# --------------------------------------------------------------------------- exercise 5
+
+def _kl(base_logits: torch.Tensor, chat_logits: torch.Tensor, *, swapped: bool = False, bits: bool = False,
+        raw_logits: bool = False, summed: bool = False) -> float:
+    """Mean over positions of KL(P_chat || P_base) in nats (reference), or a mistake."""
+    p_log = chat_logits.float() if raw_logits else torch.log_softmax(chat_logits.float(), dim=-1)
+    q_log = base_logits.float() if raw_logits else torch.log_softmax(base_logits.float(), dim=-1)
+    if swapped:
+        p_log, q_log = q_log, p_log
+    per_position = (p_log.exp() * (p_log - q_log)).sum(-1)
+    value = float(per_position.sum() if summed else per_position.mean())
+    return value / math.log(2) if bits else value
+
+
+def reference_next_token_kl(base_logits: torch.Tensor, chat_logits: torch.Tensor) -> float:
+    return _kl(base_logits, chat_logits)
+
+
+def check_next_token_kl(next_token_kl: Callable[..., Any], base_logits: torch.Tensor, chat_logits: torch.Tensor) -> float:
+    """Check ``next_token_kl(base_logits, chat_logits) -> float``: the mean over positions of
+    KL(P_chat || P_base) = sum_v P_chat(v) (log P_chat(v) - log P_base(v)), in nats, where the
+    logits are (positions, vocab) tensors from the same text. Also checked on made-up logits.
+    Returns the reference value for the learner's logits.
+    """
+    generator = torch.Generator().manual_seed(0)
+    made_base = torch.randn(5, 11, generator=generator) * 2
+    made_chat = made_base + torch.randn(5, 11, generator=generator)
+    cases = [("your logits", base_logits, chat_logits), ("made-up logits (5 positions, 11 tokens)", made_base, made_chat)]
+    for label, base, chat in cases:
+        if base.dim() != 2 or base.shape != chat.shape:
+            fail(f"The check needs two (positions, vocab) logit tensors of the same shape; got {tuple(base.shape)} and {tuple(chat.shape)}.",
+                 "Take model(ids).logits[0] for the same ids from both models.")
+        expected = _kl(base, chat)
+        got = _number(call_learner(next_token_kl, base.clone(), chat.clone(), name="next_token_kl"), f"next_token_kl for {label}")
+        if _close(got, expected, 1e-5):
+            continue
+        mistakes = [
+            (_kl(base, chat, swapped=True), "You computed KL(P_base || P_chat). KL is not symmetric: weight by the chat "
+             "model's probabilities, sum P_chat (log P_chat - log P_base)."),
+            (_kl(base, chat, bits=True), "That is in bits (log base 2). Use natural logarithms: nats."),
+            (_kl(base, chat, raw_logits=True), "You used the logits as if they were log-probabilities. Apply "
+             "torch.log_softmax(..., dim=-1) first."),
+            (_kl(base, chat, summed=True), "You summed over positions. Take the mean over positions."),
+        ]
+        for value, hint in mistakes:
+            if _close(got, value, 1e-5):
+                fail(f"next_token_kl for {label} should be {expected:.6f} nats, got {got:.6f}.", hint)
+        if got < -1e-9:
+            fail(f"next_token_kl for {label} is negative ({got:.6f}); a KL divergence never is.",
+                 "Weight the log-ratio by the probabilities (exp of the log-softmax), not by the logits.")
+        fail(f"next_token_kl for {label} should be {expected:.6f} nats, got {got:.6f}.",
+             "KL = sum over the vocabulary of P_chat (log P_chat - log P_base), averaged over positions.")
+    value = _kl(base_logits, chat_logits)
+    passed(f"next_token_kl is right: {value:.4f} nats per position on your text.")
+    return value
