@@ -25,6 +25,8 @@ help:
 	@echo "make test-browser  run every lesson in a real JupyterLab in headless Chromium; screenshots in build/screenshots/"
 	@echo "make provider   start the course's provider for a class (ARGS=\"--host 0.0.0.0 --keys-file keys.txt\")"
 	@echo "make book       build the rendered course from the stored outputs into build/book/ (offline)"
+	@echo "make gguf       export the model (TinyGPT; GGUF_MODEL=gpt2 or a folder) to GGUF in build/gguf/ with llama.cpp's converter"
+	@echo "make test-servers  maintainers, not CI (~11 min build): serve the GGUF with llama-cpp-python, probe it, run 06-08"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +87,17 @@ test-browser: install
 
 book: install
 	$(PY) scripts/build_book.py --out build/book
+
+# Self-hosting with the tools people use (scripts/test_servers.sh says what each step does).
+# `make gguf` downloads llama-cpp-python's source package (it vendors llama.cpp's converter; no build).
+GGUF_MODEL ?= tinygpt
+.PHONY: gguf test-servers
+gguf: install
+	bash scripts/test_servers.sh source
+	$(PY) scripts/export_gguf.py --model "$(GGUF_MODEL)" --check
+
+test-servers: install
+	bash scripts/test_servers.sh
 
 clean:
 	rm -rf build .bench
