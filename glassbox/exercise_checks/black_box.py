@@ -337,7 +337,11 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
                  if constant else "Wait max(retry_after, base_delay * 2 ** attempt), with "
                                   "attempt = 0 before the first retry.")
 
-    # 4. other errors are re-raised at once, without retrying
+    # 4. other errors are re-raised at once, without retrying. The key is rate-limited after the
+    # cases above, and a rate-limited key gets 429 before its prompt is read: wait until it can
+    # send two requests again, so that the too-long prompt really meets the context check (400).
+    exhausted = _rate_limited(completion, tries=5 * rpm)
+    time.sleep(_retry_after(exhausted) + 60.0 / rpm + 0.5)
     with openai.OpenAI(base_url=provider.base_url, api_key="sk-not-a-real-key",
                        max_retries=0) as wrong_key:
         too_long = " village" * 4000
