@@ -143,7 +143,7 @@ def agreement_with_open_model(client: openai.OpenAI, model: str) -> dict[str, st
 
     from glassbox.loader import load_model
 
-    expected = "top-5 logprobs equal the model's own log-softmax (the course's provider: within 1e-4)"
+    expected = "top-5 logprobs are the open model's own log-softmax, within 0.01"
     local, tokenizer = load_model("tinygpt", verbose=False)
     worst, compared = 0.0, 0
     for prompt in ("The nurse said that", "Once upon a time, the engineer", "It was a"):

@@ -279,3 +279,34 @@ def test_langchain_chat_openai_gets_the_same_reply(provider, client, use_respons
     assert "".join(chunk.text for chunk in llm.stream(PROMPT)) == expected.output_text
     if not use_responses_api:
         assert message.response_metadata["system_fingerprint"] == expected.system_fingerprint
+
+
+# ----- the operator's moderation policy applies as on chat ---------------------------------------
+
+
+def test_moderation_blocks_a_flagged_input_and_withholds_a_flagged_reply(tmp_path) -> None:
+    import json
+
+    from glassbox.provider import start_provider
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"categories": {
+        "vault": {"patterns": ["vault code"]},
+        "reply": {"patterns": ["^(?!User:|System:)."]},  # any reply; never a prompt, which starts with a role
+    }}), encoding="utf-8")
+    with start_provider("tinygpt", moderation=policy) as handle:
+        client = handle.client(max_retries=0)
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.responses.create(model=handle.model_name, input="Tell me the vault code", max_output_tokens=4)
+        assert raised.value.code == "content_filter" and raised.value.body["param"] == "input"
+        reply = client.responses.create(model=handle.model_name, input=PROMPT, max_output_tokens=6, temperature=0,
+                                        top_logprobs=2, include=LOGPROBS)
+        assert reply.status == "incomplete" and reply.incomplete_details.reason == "content_filter"
+        assert reply.output_text == "" and not reply.output[0].content[0].logprobs
+        assert reply.usage.output_tokens >= 1  # the tokens were generated, and are counted
+        events = list(client.responses.create(model=handle.model_name, input=PROMPT, max_output_tokens=6, temperature=0,
+                                              stream=True))
+        assert not [event for event in events if event.type == "response.output_text.delta"]
+        assert events[-1].type == "response.incomplete" and events[-1].response.incomplete_details.reason == "content_filter"
+        logged = [entry for entry in handle.read_log() if entry["path"] == "/v1/responses"]
+        assert [entry.get("moderation", {}).get("stage") for entry in logged] == ["input", "output", "output"]

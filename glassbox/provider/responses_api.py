@@ -13,8 +13,12 @@ the input), ``max_output_tokens``, ``temperature``, ``top_p``, ``top_logprobs`` 
 with ``include: ["message.output_text.logprobs"]``, ``stream: true`` with the documented
 event sequence and ``sequence_number``, ``usage`` with its details objects, ``metadata``
 (echoed), ``user`` / ``safety_identifier`` / ``prompt_cache_key`` (accepted, unused).
-The conversation is formatted as in chat (``chat.py``): ``System: ...``, ``User: ...``,
-``Assistant:``.
+The conversation becomes the prompt exactly as on chat completions (``chat.chat_prompt``: the
+tokenizer's chat template when it has one, otherwise ``System: ...``, ``User: ...``,
+``Assistant:``), and the operator's moderation policy applies as there (``moderation.py``): a
+flagged input gets the 400 ``content_filter`` error (``param: "input"``); a flagged reply is
+withheld, with ``status: "incomplete"`` and ``incomplete_details.reason: "content_filter"``,
+the reason OpenAI documents for it; a stream is then checked whole before any text is sent.
 
 Not supported, each with an OpenAI-shaped 400 naming the parameter: ``tools`` and any
 ``tool_choice`` other than "none"/"auto", ``store: true`` (nothing is stored, so
@@ -51,7 +55,8 @@ from glassbox.provider.app import (
     _submit,
     _wait,
 )
-from glassbox.provider.chat import TURN_STOPS, format_chat, reply_content
+from glassbox.provider import moderation as mod
+from glassbox.provider.chat import chat_prompt, reply_content
 from glassbox.provider.engine import SamplingParams, Sequence, choice_seed
 from glassbox.provider.errors import APIError, validation_message
 from glassbox.provider.responses import chat_logprob_entries, completion_tokens, new_id, sse
@@ -270,16 +275,21 @@ class Draft:
             "system_fingerprint": self.state.shown_fingerprint(),
         }
 
-    def finished(self, sequence: Sequence, prompt_tokens: int) -> dict[str, Any]:
-        """The complete response object for a finished sequence."""
+    def finished(self, sequence: Sequence, prompt_tokens: int, log: dict[str, Any]) -> dict[str, Any]:
+        """The complete response object for a finished sequence (its text withheld if the operator's policy flags it)."""
         engine = self.state.engine
-        logprobs = chat_logprob_entries(engine, sequence, 0, sequence.kept) if self.logprobs else []
-        incomplete = sequence.finish_reason == "length"
-        status = "incomplete" if incomplete else "completed"
-        output = [self.message(status, [self.part(reply_content(sequence.text), logprobs)])]
+        flagged = mod.output_flagged(self.state.moderation, sequence.text)
+        mod.note_output(log, flagged)
+        if flagged:
+            text, logprobs, reason = "", [], "content_filter"
+        else:
+            text = reply_content(sequence.text)
+            logprobs = chat_logprob_entries(engine, sequence, 0, sequence.kept) if self.logprobs else []
+            reason = "max_output_tokens" if sequence.finish_reason == "length" else None
+        status = "incomplete" if reason else "completed"
+        output = [self.message(status, [self.part(text, logprobs)])]
         return self.response(status, output, response_usage(prompt_tokens, completion_tokens([sequence])),
-                             incomplete_reason="max_output_tokens" if incomplete else None,
-                             completed_at=None if incomplete else _now())
+                             incomplete_reason=reason, completed_at=None if reason else _now())
 
 
 def _now() -> int:
@@ -306,8 +316,9 @@ async def _create(state: ProviderState, body: ResponsesRequest, request: Request
     engine = state.engine
     context = _context(request)
     _check_model(state, body.model)
-    messages = _messages(body)
-    (prompt,) = await asyncio.to_thread(engine.encode, [format_chat(messages)])
+    prompt_text, turn_stops = chat_prompt(engine.tokenizer, _messages(body))
+    mod.check_prompt(state.moderation, [prompt_text], "input", context["log"])
+    (prompt,) = await asyncio.to_thread(engine.encode, [prompt_text])
     if body.max_output_tokens is None:
         max_tokens = min(DEFAULT_CHAT_MAX_TOKENS, engine.n_positions - len(prompt))
     else:
@@ -323,7 +334,7 @@ async def _create(state: ProviderState, body: ResponsesRequest, request: Request
         max_tokens=max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        stop=TURN_STOPS,
+        stop=turn_stops,
         logit_bias=(),
         logprobs=(body.top_logprobs or 0) if draft.logprobs else None,
         bias_in_logprobs=False,
@@ -338,7 +349,7 @@ async def _create(state: ProviderState, body: ResponsesRequest, request: Request
         return Response(status_code=499)
     _log_result(state, context, len(prompt), sequences)
     _raise_sequence_error(job)
-    return await _json(draft.finished(sequences[0], len(prompt)), headers, big=False)
+    return await _json(draft.finished(sequences[0], len(prompt), context["log"]), headers, big=False)
 
 
 async def _stream(state: ProviderState, job: Any, draft: Draft, prompt_tokens: int, context: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -355,6 +366,7 @@ async def _stream(state: ProviderState, job: Any, draft: Draft, prompt_tokens: i
         return f"event: {kind}\n".encode() + sse(payload)
 
     where = {"item_id": draft.message_id, "output_index": 0}
+    hold = state.moderation is not None and state.moderation.checks("output")  # the reply is checked whole first
     try:
         started = draft.response("in_progress", [], None)
         yield event("response.created", response=started)
@@ -369,9 +381,14 @@ async def _stream(state: ProviderState, job: Any, draft: Draft, prompt_tokens: i
                 yield event("error", code=code, message=message, param=None)
                 return
             reason = sequence.finish_reason
+            if reason is None and hold:
+                await job.changed.wait()
+                continue
             kept, released, text = sequence.kept, sequence.released, sequence.text
             if reason is not None:
                 released = len(text)
+                if mod.output_flagged(state.moderation, text):
+                    break  # withheld: finished() below says content_filter
             if kept > sent_tokens or released > sent_chars:
                 piece = text[sent_chars:released]
                 if sent_chars == 0 and piece.startswith(" "):
@@ -383,7 +400,7 @@ async def _stream(state: ProviderState, job: Any, draft: Draft, prompt_tokens: i
             if reason is not None:
                 break
             await job.changed.wait()
-        final = draft.finished(sequence, prompt_tokens)
+        final = draft.finished(sequence, prompt_tokens, context["log"])
         message = final["output"][0]
         part = message["content"][0]
         yield event("response.output_text.done", **where, content_index=0, text=part["text"], logprobs=part["logprobs"])
