@@ -221,23 +221,23 @@ class Finding:
 #: The features in the order the table shows them, with what OpenAI documents and what the
 #: notebooks do when the endpoint differs.
 FEATURES = {
-    "models.retrieve": ("GET /v1/models/{id} describes one model",
+    "models.retrieve": ("GET /v1/models/{id}, which describes one model",
                         "the notebooks use the name from the model list instead"),
-    "n": ("n=3 returns 3 choices for one prompt",
+    "n": ("`n`: several choices from one request",
           "one request per sample (same number of paid queries, more requests)"),
-    "prompt list": ("a list of prompts returns one choice per prompt",
+    "prompt list": ("a list of prompts in one request, one choice each",
                     "one request per prompt"),
-    "logprobs": ("completions logprobs=5 returns the top 5 alternatives",
+    "logprobs": ("completions `logprobs`: the top 5 alternatives of each token",
                  "experiments that read log-probabilities are skipped"),
-    "echo": ("echo=True returns the prompt's own log-probabilities, each for its own token",
+    "echo": ("`echo=True` giving each prompt token its own log-probability",
              "membership inference through the API is skipped"),
-    "chat top_logprobs": ("chat top_logprobs=20 returns 20 alternatives; 21 is refused",
+    "chat top_logprobs": ("chat `top_logprobs` up to 20, and a 400 beyond",
                           "the chat comparison says what came back"),
-    "limits": ("out-of-range values (logprobs=6, temperature=2.5, logit_bias 101) get a 400",
+    "limits": ("a 400 for out-of-range values (logprobs=6, temperature=2.5, logit_bias 101)",
                "no request that could crash the server (e.g. a prompt longer than the context) is sent"),
-    "system_fingerprint": ("chat replies carry a system_fingerprint",
+    "system_fingerprint": ("a `system_fingerprint` on chat replies",
                            "the pinning section says the field is absent"),
-    "responses": ("POST /v1/responses (client.responses.create) answers",
+    "responses": ("the Responses API (POST /v1/responses, `client.responses.create`)",
                   "the Responses API example is skipped"),
 }
 
@@ -259,7 +259,7 @@ class Capabilities:
         if self.works(feature):
             return True
         finding = self.findings[feature]
-        print(f"Skipped: {what} needs {finding.expected!s}, and this endpoint does not do that: "
+        print(f"Skipped: {what} needs {finding.expected}, and this endpoint failed that check: "
               f"{finding.seen}")
         return False
 

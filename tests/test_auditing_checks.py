@@ -332,3 +332,75 @@ def test_queries_accepts_right_answer(capsys) -> None:
 ])
 def test_queries_known_mistakes(wrong, hint) -> None:
     fails_with(check_queries_for_width, wrong, match=hint)
+
+
+# ----------------------------------------------------------------- logprob_share (exercise 5)
+
+from glassbox.exercise_checks.auditing import check_logprob_share  # noqa: E402
+
+
+def share_ok(top, pronoun):
+    other = [p for p in PRONOUNS if p != pronoun][0]
+    probs = {t: math.exp(v) for t, v in top.items()}
+    t, o = probs.get(" " + pronoun), probs.get(" " + other)
+    floor = min(probs.values()) if probs else 0.0
+    if t is not None and o is not None:
+        return t / (t + o), t / (t + o)
+    if t is not None:
+        return t / (t + floor), 1.0
+    if o is not None:
+        return 0.0, floor / (floor + o)
+    return 0.0, 1.0
+
+
+def share_no_exp(top, pronoun):
+    other = [p for p in PRONOUNS if p != pronoun][0]
+    t, o = top.get(" " + pronoun), top.get(" " + other)
+    floor = min(top.values()) if top else 0.0
+    if t is not None and o is not None:
+        return t / (t + o), t / (t + o)
+    if t is not None:
+        return t / (t + floor), 1.0
+    if o is not None:
+        return 0.0, floor / (floor + o)
+    return 0.0, 1.0
+
+
+def share_raw(top, pronoun):
+    p = math.exp(top[" " + pronoun]) if " " + pronoun in top else 0.0
+    return p, p
+
+
+def share_missing_is_zero(top, pronoun):
+    other = [p for p in PRONOUNS if p != pronoun][0]
+    t, o = (math.exp(top.get(" " + w, -math.inf)) for w in (pronoun, other))
+    share = t / (t + o) if t + o else 0.0
+    return share, share
+
+
+API_TOPS = [{" herself": -0.11, " himself": -2.29, "field": -8.2}, {" herself": -0.2, " was": -3.0}]
+
+
+def test_logprob_share_accepts_right_answer(capsys) -> None:
+    check_logprob_share(share_ok, "herself", API_TOPS)
+    check_logprob_share(share_ok, "himself", API_TOPS)
+    out = capsys.readouterr().out
+    assert out.startswith("✓ logprob_share") and "2 API answers" in out
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (share_no_exp, "exponentiate"),
+    (share_raw, "raw probability"),
+    (share_missing_is_zero, "not impossible"),
+    (lambda top, pronoun: tuple(reversed(share_ok(top, pronoun))), "lower bound first"),
+    (lambda top, pronoun: share_ok(top, pronoun)[0], "pair (low, high)"),
+    (lambda top, pronoun: None, "pair (low, high)"),
+    (lambda top, pronoun: (0.5, 0.5), "expected"),
+])
+def test_logprob_share_known_mistakes(wrong, hint) -> None:
+    fails_with(check_logprob_share, wrong, "herself", API_TOPS, match=hint)
+
+
+def test_logprob_share_rejects_an_unknown_pronoun() -> None:
+    with pytest.raises(ValueError, match="pronoun must be one of"):
+        check_logprob_share(share_ok, "themselves")

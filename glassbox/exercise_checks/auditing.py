@@ -16,6 +16,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,12 +31,15 @@ from glassbox.exercise_checks.feedback import (
 from glassbox.tinygpt import corpus
 
 __all__ = [
+    "ShareVariant",
     "check_corpus_count",
+    "check_logprob_share",
     "check_exact_ratio",
     "check_queries_for_width",
     "check_sampling_estimate",
     "reference_corpus_count",
     "reference_exact_ratio",
+    "reference_logprob_share",
     "wilson_interval",
 ]
 
@@ -430,3 +434,113 @@ def check_queries_for_width(queries_for_width: Callable[..., Any],
         results.append((p, width, expected))
     passed("queries_for_width: " + "; ".join(f"{n:,} queries for ±{w / 2:g} at p = {p}"
                                                for p, w, n in results[:3]) + ".")
+
+
+# --------------------------------------------------------------- logprob_share (exercise 5)
+
+@dataclass(frozen=True)
+class ShareVariant:
+    """How to read a pronoun's share off one top-k dict. The defaults are right; each other value is a mistake.
+
+    Attributes:
+        exponentiate: turn log-probabilities into probabilities before dividing (``False``
+            divides the log-probabilities themselves).
+        normalise: divide by P(herself) + P(himself) (``False`` returns the raw probability).
+        missing: a pronoun missing from the top k has a probability between 0 and the smallest
+            one shown (``"bound"``); ``"zero"`` takes it as impossible, a mistake.
+        low_first: return ``(low, high)``; ``False`` returns them the wrong way round.
+    """
+
+    exponentiate: bool = True
+    normalise: bool = True
+    missing: str = "bound"
+    low_first: bool = True
+
+
+def reference_logprob_share(top_logprobs: dict[str, float], pronoun: str,
+                            variant: ShareVariant = ShareVariant()) -> tuple[float, float]:
+    """(low, high) for the share of ``pronoun`` between the two pronouns, from one API top-k dict."""
+    target, other = " " + pronoun, " " + _other(pronoun)
+    value = (math.exp if variant.exponentiate else float)
+    shown = {token: value(lp) for token, lp in top_logprobs.items()}
+    if not shown:
+        low, high = 0.0, 1.0
+    else:
+        floor = min(shown.values()) if variant.missing == "bound" else 0.0
+        if target in shown and other in shown:
+            p_t, p_o = shown[target], shown[other]
+            low = high = p_t / (p_t + p_o) if variant.normalise else p_t
+        elif target in shown:
+            p_t = shown[target]
+            low = (p_t / (p_t + floor) if variant.normalise else p_t)
+            high = 1.0 if variant.missing == "bound" else low
+        elif other in shown:
+            p_o = shown[other]
+            high = floor / (floor + p_o) if variant.normalise and floor + p_o else 0.0
+            low = 0.0
+            if variant.missing != "bound":
+                high = low
+        else:
+            low, high = (0.0, 1.0) if variant.missing == "bound" else (0.0, 0.0)
+    return (low, high) if variant.low_first else (high, low)
+
+
+_SHARE_MISTAKES: list[tuple[ShareVariant, str]] = [
+    (ShareVariant(exponentiate=False),
+     "These are log-probabilities: exponentiate them (math.exp) before dividing one by the sum."),
+    (ShareVariant(normalise=False),
+     "That is the raw probability of the pronoun. The share is P(pronoun) / (P(herself) + P(himself))."),
+    (ShareVariant(missing="zero"),
+     "A pronoun missing from the top k is not impossible: its probability is somewhere between 0 and "
+     "the smallest probability shown, so the share is only bounded: (low, high)."),
+    (ShareVariant(low_first=False), "Return (low, high), the lower bound first."),
+]
+
+
+def _share_cases(pronoun: str, api_tops: Sequence[dict[str, float]]) -> list[tuple[str, dict[str, float]]]:
+    """Real API answers first, then made-up ones covering both, one and none of the pronouns shown."""
+    target, other = " " + pronoun, " " + _other(pronoun)
+    cases = [(f"the API's top-k for skew prompt {i + 1}", dict(top)) for i, top in enumerate(api_tops)]
+    cases += [
+        ("both pronouns shown", {target: math.log(0.6), other: math.log(0.2), " was": math.log(0.1)}),
+        (f"{other.strip()!r} cut off by the top k", {target: math.log(0.7), " was": math.log(0.2),
+                                                     " had": math.log(0.04)}),
+        (f"{pronoun!r} cut off by the top k", {other: math.log(0.5), " the": math.log(0.3),
+                                               " a": math.log(0.02)}),
+        ("neither pronoun shown", {" the": math.log(0.5), " a": math.log(0.3)}),
+    ]
+    return cases
+
+
+def _as_pair(got: Any, name: str) -> tuple[float, float]:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        fail(f"{name} should return a pair (low, high), got {got!r:.80}.",
+             "Return both bounds, even when they are equal: `return share, share`.")
+    return _as_float(got[0], f"{name}[0]"), _as_float(got[1], f"{name}[1]")
+
+
+def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
+                        api_tops: Sequence[dict[str, float]] = ()) -> None:
+    """Check ``logprob_share(top_logprobs, pronoun) -> (low, high)`` on the learner's own API answers
+    and on made-up top-k dicts where one or both pronouns were cut off."""
+    if pronoun not in PRONOUNS:
+        raise ValueError(f"pronoun must be one of {PRONOUNS}, got {pronoun!r}")
+    exact_cases = 0
+    for label, top in _share_cases(pronoun, api_tops):
+        expected = reference_logprob_share(top, pronoun)
+        got = _as_pair(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"),
+                       f"logprob_share for {label}")
+        if all(_close(g, e) for g, e in zip(got, expected)):
+            exact_cases += expected[0] == expected[1]
+            continue
+        for variant, hint in _SHARE_MISTAKES:
+            wrong = reference_logprob_share(top, pronoun, variant)
+            if wrong != expected and all(_close(g, w) for g, w in zip(got, wrong)):
+                fail(f"For {label}, logprob_share returned ({got[0]:.4g}, {got[1]:.4g}); "
+                     f"expected ({expected[0]:.4g}, {expected[1]:.4g}).", hint)
+        fail(f"For {label}, logprob_share returned ({got[0]:.4g}, {got[1]:.4g}); "
+             f"expected ({expected[0]:.4g}, {expected[1]:.4g}).",
+             "Both shown: share = P(t) / (P(t) + P(o)), returned twice. One missing: its probability "
+             "lies between 0 and the smallest one shown; work out the share at both ends.")
+    passed(f"logprob_share: exact where both pronouns are in the top k ({exact_cases} cases, your "
+           f"{len(api_tops)} API answers included), bounded where one was cut off.")
