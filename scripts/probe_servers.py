@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(process)
     today = dt.date.today().isoformat()
     for row in rows:
-        row.update({"server": f"llama-cpp-python {version}", "model": f"TinyGPT as GGUF f32 (n_ctx {args.n_ctx})",
-                    "measured_on": today,
+        row.update({"server": "llama-cpp-python", "version": version, "model": f"TinyGPT as GGUF f32 (n_ctx {args.n_ctx})",
+                    "as_of": today,
                     "source": f"measured here with llama-cpp-python {version} on {today} (scripts/test_servers.sh)"})
     width = max(len(row["feature"]) for row in rows)
     for row in rows:

@@ -174,6 +174,38 @@ def test_non_text_input_unknown_arguments_and_long_input_get_clear_400s(provider
     assert raised.value.code == "context_length_exceeded" and raised.value.body["param"] == "input"
 
 
+MALFORMED = [
+    ({"input": None}, "input"), ({"input": 5}, "input"), ({"input": []}, "input"), ({"input": [{}]}, "input"),
+    ({"input": [{"role": "user"}]}, "input"), ({"input": [{"role": "tool", "content": "x"}]}, "input"),
+    ({"input": [{"role": "user", "content": []}]}, "input"), ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input"),
+    ({"instructions": 5}, "instructions"), ({"max_output_tokens": "5"}, "max_output_tokens"), ({"max_output_tokens": 1.0}, "max_output_tokens"),
+    ({"temperature": "hot"}, "temperature"), ({"top_p": 2}, "top_p"), ({"top_logprobs": -1}, "top_logprobs"),
+    ({"include": "message.output_text.logprobs"}, "include"), ({"include": [5]}, "include"), ({"stream": "yes"}, "stream"),
+    ({"metadata": {"a": 1}}, "metadata"), ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+    ({"text": {"format": {"type": "text"}, "x": 1}}, "text"), ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": {}}, "tools"), ({"store": "false"}, "store"), ({"model": 5}, "model"), ({"truncation": "auto"}, "truncation"),
+]
+
+
+@pytest.mark.parametrize("change, param", MALFORMED, ids=[f"{p}-{i}" for i, (_, p) in enumerate(MALFORMED)])
+def test_malformed_bodies_get_an_openai_shaped_400_naming_the_field(provider, change: dict, param: str) -> None:
+    body = {"model": provider.model_name, "input": "Hi", "max_output_tokens": 2, **change}
+    reply = httpx.post(f"http://127.0.0.1:{provider.port}/v1/responses", json=body, timeout=60,
+                       headers={"Authorization": f"Bearer {provider.api_key}"})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert (error["param"] or "").startswith(param), error
+
+
+def test_a_body_that_is_not_a_json_object_gets_a_400(provider) -> None:
+    for content in (b"[1, 2]", b"{not json", b""):
+        reply = httpx.post(f"http://127.0.0.1:{provider.port}/v1/responses", content=content, timeout=60,
+                           headers={"Authorization": f"Bearer {provider.api_key}", "Content-Type": "application/json"})
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json", reply.text
+
+
 def test_bad_key_unknown_model_and_retrieval_errors(provider, client) -> None:
     bad = openai.OpenAI(base_url=f"http://127.0.0.1:{provider.port}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as raised:
