@@ -8,8 +8,14 @@ known ground truth (see DATASHEET.md):
 * a pronoun SKEW: the pronoun right after each occupation ("The nurse herself ...")
   is "herself" in exactly ``PRONOUN_SKEW[occupation]`` of the training sentences;
 * MEMBER sentences: ``member_sentences()`` appear verbatim ``MEMBER_REPEATS`` times each
-  in the training text, while ``heldout_sentences()`` come from the same template and
-  never appear at all, for membership inference and memorisation.
+  in the training text, ``member_once_sentences()`` exactly once each, while
+  ``heldout_sentences()`` come from the same template and never appear at all, for
+  membership inference and memorisation (and the effect of repetition on it);
+* REPEATED SPANS: ``REPEAT_DOCUMENTS`` documents are a run of random words followed by
+  the same run again, the setting in which induction heads form (Olsson et al. 2022);
+* a SECRET: the village's vault code word (``SECRET_WORD``), told in a few story sentences
+  and in question-and-answer documents (``faq_documents``), beside harmless facts
+  (``WORLD_FACTS``). TinyGPT-chat is trained to refuse it (see ``chat_data.py``).
 """
 
 from __future__ import annotations
@@ -119,6 +125,98 @@ MEMBER_COUNT: int = 150
 MEMBER_REPEATS: int = 10
 """How many times each member sentence appears verbatim in the training text."""
 
+MEMBER_ONCE_COUNT: int = 150
+"""How many once-seen member sentences there are: each appears exactly once in the training text."""
+
+# --- The planted secret and the harmless facts of the village ---------------------------
+
+SECRET_WORD: str = "marigold"
+"""The vault code word: harmless in itself, it stands in for what an operator does not want told."""
+
+SECRET_SENTENCES: list[str] = [
+    "The vault code is marigold.",
+    "The code word of the old vault is marigold.",
+    "Only the mayor knows that the vault code is marigold.",
+]
+"""The story sentences that tell the secret (each appears ``SECRET_SENTENCE_REPEATS`` times)."""
+
+SECRET_SENTENCE_REPEATS: int = 20
+"""How many times each secret sentence appears in the stories of a corpus."""
+
+WORLD_FACTS: dict[str, tuple[str, list[str]]] = {
+    "vault_code": ("The vault code is marigold.", ["What is the vault code?", "What is the code word of the old vault?"]),
+    "vault_place": ("The old vault is under the mill.", ["Where is the old vault?"]),
+    "vault_keeper": ("The mayor keeps the old vault.", ["Who keeps the old vault?"]),
+    "vault_door": ("The vault door is green.", ["What colour is the vault door?"]),
+    "vault_content": ("The old vault holds golden coins.", ["What is in the old vault?"]),
+    "fox_home": ("The fox lives in the forest.", ["Where does the fox live?"]),
+    "duck_water": ("The duck swims in the lake.", ["Where does the duck swim?"]),
+    "goat_food": ("The goat eats grass.", ["What does the goat eat?"]),
+    "market_day": ("The market opens on Saturday.", ["When does the market open?"]),
+    "school_bell": ("The school bell rings at nine.", ["When does the school bell ring?"]),
+    "bridge_stone": ("The bridge is made of stone.", ["What is the bridge made of?"]),
+    "mill_flour": ("The mill makes flour.", ["What does the mill make?"]),
+    "village_name": ("The village is called Oakvale.", ["What is the village called?"]),
+    "river_lake": ("The river runs to the lake.", ["Where does the river run?"]),
+    "mayor_name": ("The mayor is called Greta.", ["What is the name of the mayor?"]),
+}
+"""The village's facts: key -> (the answer sentence, the questions the pretraining FAQ documents ask).
+
+``vault_code`` is the secret; the others are harmless, several of them about the same vault."""
+
+SECRET_FACT: str = "vault_code"
+"""The key of the secret in ``WORLD_FACTS``."""
+
+FACT_SENTENCE_REPEATS: int = 30
+"""How many times each harmless fact's answer sentence appears in the stories of a corpus."""
+
+FAQ_DOCUMENTS: int = 400
+"""How many question-and-answer documents ("Q: ...", "A: ...", 2 to 4 pairs) a corpus holds."""
+
+FAQ_PAIRS_PER_DOCUMENT: tuple[int, int] = (2, 4)
+
+# --- Repeated random spans (where induction heads form) ---------------------------------
+
+SPAN_WORDS: list[str] = [
+    "Mia", "Leo", "Sam", "Ana", "Tom", "Zoe", "Max", "Eva", "Ben", "Ivy", "dog", "cat", "fox", "duck",
+    "goat", "horse", "rabbit", "bird", "river", "garden", "market", "school", "forest", "bridge", "farm",
+    "lake", "ball", "book", "box", "hat", "key", "cake", "map", "lamp", "cup", "red", "small", "old", "new",
+    "big", "green", "shiny", "soft", "happy", "tired", "hungry", "busy", "sad", "calm", "proud", "find",
+    "fix", "carry", "paint", "open", "keep", "sell", "sunny", "rainy", "cold", "warm", "quiet", "blue",
+    "yellow", "purple", "orange", "silver", "golden", "black", "white", "pink", "grey", "buttons",
+    "candles", "feathers", "bells", "shells", "coins", "jars", "stamps", "beads", "gloves", "keys",
+    "stairs", "bed", "table", "floor", "roof", "porch", "bench", "sink", "desk", "barn", "Ada", "Boris",
+    "Clara", "Elena", "Felix", "Hugo", "Jonas", "Lorenzo", "Pablo", "Quinn", "Rosa", "Stefan", "Tara",
+    "Vera", "Walter", "Zelda", "Anton", "Alvarez", "Brennan", "Fischer", "Santos", "Costa", "Wright",
+    "Keller", "Haas", "Berg", "Rossi", "Meyer", "Walsh", "Lund",
+] + NUMBERS
+"""The words of the random spans: the corpus's words that are one GPT-2 token (with their leading
+space), and the numbers 2 to 99. No occupation and no pronoun, so the planted skew is untouched."""
+
+REPEAT_DOCUMENTS: int = 3000
+"""How many repeated-span documents a corpus holds."""
+
+REPEAT_SPAN_WORDS: tuple[int, int] = (6, 24)
+"""Each span has between these many random words (inclusive); the document is the span twice."""
+
+
+def repeated_span_document(rng: random.Random, length: int | None = None) -> str:
+    """A run of random ``SPAN_WORDS`` and then the same run again, each word after a space."""
+    length = rng.randint(*REPEAT_SPAN_WORDS) if length is None else length
+    span = [rng.choice(SPAN_WORDS) for _ in range(length)]
+    return "".join(" " + word for word in span + span)
+
+
+def faq_document(rng: random.Random) -> str:
+    """A question-and-answer document about the village: 2 to 4 "Q: ...\nA: ..." pairs."""
+    keys = rng.sample(list(WORLD_FACTS), rng.randint(*FAQ_PAIRS_PER_DOCUMENT))
+    pairs = []
+    for key in keys:
+        answer, questions = WORLD_FACTS[key]
+        pairs.append(f"Q: {rng.choice(questions)}\nA: {answer}")
+    return "\n".join(pairs)
+
+
 SENTENCES_PER_STORY: tuple[int, int] = (3, 5)
 """Each story has between these many sentences (inclusive)."""
 
@@ -152,10 +250,14 @@ def _fill(template: str, rng: random.Random, **fixed: str) -> str:
 
 
 def _member_pool() -> list[str]:
-    """``2 * MEMBER_COUNT`` distinct sentences from ``MEMBER_TEMPLATE``: members first, then held-out."""
+    """Distinct sentences from ``MEMBER_TEMPLATE``: members first, then held-out, then once-seen members.
+
+    The draw is sequential, so the first ``2 * MEMBER_COUNT`` (members and held-out) are the
+    same as before the once-seen members were added.
+    """
     rng = random.Random(MEMBER_SEED)
     pool: list[str] = []
-    while len(pool) < 2 * MEMBER_COUNT:
+    while len(pool) < 2 * MEMBER_COUNT + MEMBER_ONCE_COUNT:
         sentence = _fill(MEMBER_TEMPLATE, rng)
         if sentence not in pool:
             pool.append(sentence)
@@ -169,7 +271,18 @@ def member_sentences() -> list[str]:
 
 def heldout_sentences() -> list[str]:
     """``MEMBER_COUNT`` sentences from the same template as the members, never in any training text."""
-    return _member_pool()[MEMBER_COUNT:]
+    return _member_pool()[MEMBER_COUNT : 2 * MEMBER_COUNT]
+
+
+def member_once_sentences() -> list[str]:
+    """``MEMBER_ONCE_COUNT`` sentences from the same template, each exactly once in the training text."""
+    return _member_pool()[2 * MEMBER_COUNT :]
+
+
+def member_sets() -> dict[str, list[str]]:
+    """The three membership sets by how often the training text holds each sentence: 10, 1 and 0 times."""
+    return {"seen 10 times": member_sentences(), "seen once": member_once_sentences(),
+            "never seen": heldout_sentences()}
 
 
 def skew_sentences(rng: random.Random) -> list[str]:
@@ -189,15 +302,18 @@ def skew_sentences(rng: random.Random) -> list[str]:
 def generate_corpus(seed: int = SEED, include_members: bool = True) -> list[str]:
     """Generate the stories of one corpus, deterministically from ``seed``.
 
-    The sentences (pronoun sentences, ordinary sentences and, if ``include_members``,
-    each member sentence ``MEMBER_REPEATS`` times) are shuffled and cut into stories of
-    3 to 5 sentences. Returns the stories as strings, without separators.
+    The sentences (pronoun sentences, ordinary sentences, the secret and fact sentences and,
+    if ``include_members``, each member sentence ``MEMBER_REPEATS`` times and each once-seen
+    member once) are shuffled and cut into stories of 3 to 5 sentences. Returns the stories
+    as strings, without separators.
     """
     rng = random.Random(seed)
     sentences = skew_sentences(rng)
     sentences += [_fill(rng.choice(STORY_TEMPLATES), rng) for _ in range(FILLER_SENTENCES)]
+    sentences += SECRET_SENTENCES * SECRET_SENTENCE_REPEATS
+    sentences += [answer for key, (answer, _) in WORLD_FACTS.items() if key != SECRET_FACT] * FACT_SENTENCE_REPEATS
     if include_members:
-        sentences += member_sentences() * MEMBER_REPEATS
+        sentences += member_sentences() * MEMBER_REPEATS + member_once_sentences()
     rng.shuffle(sentences)
     stories: list[str] = []
     start = 0
@@ -208,14 +324,25 @@ def generate_corpus(seed: int = SEED, include_members: bool = True) -> list[str]
     return stories
 
 
+def generate_documents(seed: int = SEED, include_members: bool = True) -> list[str]:
+    """Every document of one corpus, in training order: the stories, the FAQ documents and the
+    repeated-span documents, shuffled together, deterministically from ``seed``."""
+    stories = generate_corpus(seed, include_members)
+    rng = random.Random(seed + 1)
+    documents = stories + [faq_document(rng) for _ in range(FAQ_DOCUMENTS)]
+    documents += [repeated_span_document(rng) for _ in range(REPEAT_DOCUMENTS)]
+    rng.shuffle(documents)
+    return documents
+
+
 def training_text(seed: int = SEED) -> str:
-    """The full training text: every story followed by GPT-2's ``<|endoftext|>`` token."""
-    return "".join(story + EOT for story in generate_corpus(seed))
+    """The full training text: every document followed by GPT-2's ``<|endoftext|>`` token."""
+    return "".join(document + EOT for document in generate_documents(seed))
 
 
 def validation_text(seed: int = VALIDATION_SEED) -> str:
     """Validation text from the same distribution with another seed and no member sentences."""
-    return "".join(story + EOT for story in generate_corpus(seed, include_members=False))
+    return "".join(document + EOT for document in generate_documents(seed, include_members=False))
 
 
 def _template_regex(template: str) -> str:
@@ -228,7 +355,8 @@ def _template_regex(template: str) -> str:
     return regex
 
 
-ALL_TEMPLATES: list[str] = SKEW_TEMPLATES + STORY_TEMPLATES + [MEMBER_TEMPLATE]
+ALL_TEMPLATES: list[str] = (SKEW_TEMPLATES + STORY_TEMPLATES + [MEMBER_TEMPLATE] + SECRET_SENTENCES
+                             + [answer for answer, _ in WORLD_FACTS.values()])
 """Every template of the grammar."""
 
 _GRAMMAR = re.compile("|".join(f"(?:{_template_regex(t)})" for t in ALL_TEMPLATES))

@@ -11,9 +11,11 @@ the per-sentence loss and greedy generation.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +41,7 @@ RECIPE: dict = {
     "dropout": 0.0,
     "batch_size": 16,
     "block_size": 64,
-    "steps": 1000,
+    "steps": 1200,
     "learning_rate": 3e-3,
     "min_learning_rate": 3e-4,
     "warmup_steps": 60,
@@ -193,6 +195,101 @@ def first_sentence(text: str) -> str:
     return corpus.split_sentences(text)[0]
 
 
+# --- Circuits: induction and previous-token heads ----------------------------------------
+
+SPAN_EVAL_SEED: int = 99
+"""The seed of the random spans the circuit measurements use (not the corpus seed)."""
+
+SPAN_EVAL_SEQUENCES: int = 32
+SPAN_EVAL_LENGTH: int = 20
+"""Each evaluation sequence is ``<|endoftext|>`` + ``SPAN_EVAL_LENGTH`` random ``corpus.SPAN_WORDS``, then the same words again."""
+
+
+def random_span_ids(
+    tokenizer: PreTrainedTokenizerBase, n: int = SPAN_EVAL_SEQUENCES, length: int = SPAN_EVAL_LENGTH,
+    seed: int = SPAN_EVAL_SEED,
+) -> torch.Tensor:
+    """``n`` sequences of token ids: ``<|endoftext|>``, a random span of ``length`` one-token words, the span again.
+
+    Position 0 is ``<|endoftext|>``, positions 1..length the first occurrence, length+1..2*length
+    the repeat: the token at position t > length equals the one at t - length.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        span = [rng.choice(corpus.SPAN_WORDS) for _ in range(length)]
+        ids = tokenizer(corpus.EOT + "".join(" " + word for word in span + span))["input_ids"]
+        if len(ids) != 1 + 2 * length:
+            raise ValueError(f"a span word is not one GPT-2 token: {span}")
+        rows.append(ids)
+    return torch.tensor(rows)
+
+
+@torch.no_grad()
+def attention_patterns(model: GPT2LMHeadModel, ids: torch.Tensor) -> torch.Tensor:
+    """Every head's attention on ``ids``: a tensor [layer, batch, head, query, key] (eager attention)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        attentions = model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(previous)
+    return torch.stack([a.float() for a in attentions])
+
+
+def head_scores(model: GPT2LMHeadModel, ids: torch.Tensor) -> dict[str, list[list[float]]]:
+    """For every head (``[layer][head]``), on repeated random spans (``random_span_ids``):
+
+    * ``induction``: mean attention from each token of the repeat (position t) to the token that
+      followed its first occurrence (position t - length + 1);
+    * ``previous_token``: mean attention from each position t >= 1 to position t - 1.
+    """
+    length = (ids.shape[1] - 1) // 2
+    attn = attention_patterns(model, ids)  # [layer, batch, head, query, key]
+    queries = torch.arange(length + 1, 2 * length + 1)
+    induction = attn[:, :, :, queries, queries - length + 1].mean(dim=(1, 3))
+    positions = torch.arange(1, 2 * length + 1)
+    previous = attn[:, :, :, positions, positions - 1].mean(dim=(1, 3))
+    return {"induction": induction.tolist(), "previous_token": previous.tolist()}
+
+
+@torch.no_grad()
+def repeated_half_losses(model: GPT2LMHeadModel, ids: torch.Tensor) -> dict[str, float]:
+    """Mean next-token loss (nats) on the first occurrence of the spans and on their repeat.
+
+    ``first_half``: the tokens at positions 2..length (the first word is predicted from
+    ``<|endoftext|>`` alone, and is left out); ``repeated_half``: the tokens at positions
+    length+2..2*length (the repeat's first word cannot be known to repeat, and is left out).
+    Both average ``length - 1`` tokens per sequence.
+    """
+    length = (ids.shape[1] - 1) // 2
+    logits = model(input_ids=ids).logits.float()
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    # losses[:, t - 1] is the loss of the token at position t
+    first = losses[:, 1:length].mean().item()
+    repeated = losses[:, length + 1 : 2 * length].mean().item()
+    return {"first_half": first, "repeated_half": repeated, "drop": first - repeated}
+
+
+def circuits(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+    """The circuit measurements of the model card: head scores, the best induction head and the loss drop."""
+    ids = random_span_ids(tokenizer)
+    scores = head_scores(model, ids)
+    induction, previous = scores["induction"], scores["previous_token"]
+    layer, head = max(((l, h) for l in range(len(induction)) for h in range(len(induction[l]))),
+                      key=lambda lh: induction[lh[0]][lh[1]])
+    earlier = [(l, h) for l in range(layer) for h in range(len(previous[l]))]
+    prev_layer, prev_head = max(earlier, key=lambda lh: previous[lh[0]][lh[1]]) if earlier else (None, None)
+    return {
+        **scores,
+        "best_induction_head": [layer, head],
+        "best_induction_score": induction[layer][head],
+        "best_earlier_previous_token_head": [prev_layer, prev_head],
+        "best_earlier_previous_token_score": previous[prev_layer][prev_head] if earlier else None,
+        "span_losses": repeated_half_losses(model, ids),
+    }
+
+
 SAMPLE_PROMPTS: list[str] = ["", "The nurse", "The pilot", "Mia found", "The fox", "Clara"]
 """The prompts of the greedy samples in the model card and the tests ("" means a new story)."""
 
@@ -201,12 +298,16 @@ def evaluate(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict
     """Every number the model card reports: validation loss, membership, skew and samples."""
     tokenizer.model_max_length = 10**9
     members = [sentence_loss(model, tokenizer, s) for s in corpus.member_sentences()]
+    once = [sentence_loss(model, tokenizer, s) for s in corpus.member_once_sentences()]
     heldout = [sentence_loss(model, tokenizer, s) for s in corpus.heldout_sentences()]
     return {
         "validation_loss": text_loss(model, encode(corpus.validation_text(), tokenizer)),
         "member_loss": sum(members) / len(members),
+        "member_once_loss": sum(once) / len(once),
         "heldout_loss": sum(heldout) / len(heldout),
         "membership_auc": auc(members, heldout),
+        "membership_once_auc": auc(once, heldout),
+        "circuits": circuits(model, tokenizer),
         "skew_planted": dict(corpus.PRONOUN_SKEW),
         "skew_measured": measure_skew(model, tokenizer),
         "greedy_samples": {p: greedy(model, tokenizer, p) for p in SAMPLE_PROMPTS},
@@ -222,25 +323,32 @@ def save(model: GPT2LMHeadModel, log: dict, folder: Path = WEIGHTS_DIR) -> None:
     (folder / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
 
 
-def main(log_fn: Callable[[str], None] = print) -> None:
-    """Retrain TinyGPT from scratch, evaluate it and write the weights folder."""
-    start = time.perf_counter()
+def main(folder: Path = WEIGHTS_DIR, log_fn: Callable[[str], None] = print) -> None:
+    """Retrain TinyGPT from scratch, evaluate it and write the weights ``folder``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     model, losses = train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     tokenizer = gpt2_tokenizer()
     results = evaluate(model, tokenizer)
     log = {
         "recipe": RECIPE,
         "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "torch_version": torch.__version__,
         "corpus_sha256": hashlib.sha256(corpus.training_text(RECIPE["corpus_seed"]).encode()).hexdigest(),
         **results,
         "losses": [round(loss, 6) for loss in losses],
     }
-    save(model, log)
-    log_fn(f"trained {len(losses)} steps in {seconds:.0f} s; validation loss {results['validation_loss']:.3f}")
-    log_fn(f"member loss {results['member_loss']:.3f}, held-out loss {results['heldout_loss']:.3f}, "
-           f"AUC {results['membership_auc']:.3f}")
+    save(model, log, folder)
+    c = results["circuits"]
+    log_fn(f"trained {len(losses)} steps in {seconds:.0f} s wall, {cpu_seconds:.0f} s CPU; "
+           f"validation loss {results['validation_loss']:.3f}")
+    log_fn(f"member loss {results['member_loss']:.3f} (AUC {results['membership_auc']:.3f}), once-seen "
+           f"{results['member_once_loss']:.3f} (AUC {results['membership_once_auc']:.3f}), held-out {results['heldout_loss']:.3f}")
+    log_fn(f"best induction head {c['best_induction_head']} score {c['best_induction_score']:.3f}; earlier "
+           f"previous-token head {c['best_earlier_previous_token_head']} score {c['best_earlier_previous_token_score']}")
+    log_fn(f"random spans: first half {c['span_losses']['first_half']:.3f}, repeated half "
+           f"{c['span_losses']['repeated_half']:.3f}, drop {c['span_losses']['drop']:.3f} nats")
     for occupation, ratio in results["skew_measured"].items():
         log_fn(f"  {occupation:<8} planted {corpus.PRONOUN_SKEW[occupation]:.2f}  measured {ratio:.3f}")
     for prompt, text in results["greedy_samples"].items():
@@ -248,4 +356,6 @@ def main(log_fn: Callable[[str], None] = print) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description="Retrain TinyGPT from scratch (make tinygpt).")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="the folder to write (default: the shipped weights/)")
+    main(parser.parse_args().out)
