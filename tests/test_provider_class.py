@@ -247,34 +247,63 @@ def _sequences(owner: str, count: int, max_tokens: int = 8) -> list[Sequence]:
     return sequences
 
 
-def test_the_fair_queue_lets_keys_take_turns_and_a_late_key_start_at_once() -> None:
+def test_the_fair_queue_lets_keys_take_turns_each_up_to_its_share() -> None:
     queue = FairQueue()
     queue.extend("alice", _sequences("alice", 100))
     queue.extend("bob", _sequences("bob", 2))
     queue.extend("carol", _sequences("carol", 1))
     taken, _ = queue.take({}, max_batch=8, prompt_budget=10_000)
-    assert [s.owner for s in taken] == ["alice", "bob", "carol", "alice", "bob", "alice", "alice", "alice"]
-    # alice now fills a batch of 8 and has 95 waiting; dave arrives with one request: it starts at the next step
-    queue = FairQueue()
-    queue.extend("alice", _sequences("alice", 95))
+    assert [s.owner for s in taken] == ["alice", "bob", "carol", "alice", "bob"]  # in turn; each up to 8 // 3 keys = 2
+    taken, _ = queue.take({"alice": 2}, max_batch=8, prompt_budget=10_000)  # bob and carol are done: alice alone
+    assert [s.owner for s in taken] == ["alice"] * 6
+    # alice fills the batch of 8 and has 92 waiting; dave arrives with 3: they start at the next step
+    taken, _ = queue.take({"alice": 8}, max_batch=8, prompt_budget=10_000)
+    assert taken == []
     queue.extend("dave", _sequences("dave", 3))
     taken, _ = queue.take({"alice": 8}, max_batch=8, prompt_budget=10_000)
-    assert [s.owner for s in taken] == ["dave", "dave", "dave"]  # below their share (8 // 2), past a full batch
-    taken, _ = queue.take({"alice": 8, "dave": 3}, max_batch=8, prompt_budget=10_000)
-    assert taken == []  # alice is above her share and the batch is full: she waits for her own sequences to end
-    taken, _ = queue.take({"alice": 2, "dave": 3}, max_batch=8, prompt_budget=10_000)
-    assert [s.owner for s in taken] == ["alice", "alice", "alice"]  # room again
+    assert [s.owner for s in taken] == ["dave"] * 3  # below their share (8 // 2), past a full batch (the engine then
+    taken, _ = queue.take({"alice": 4, "dave": 3}, max_batch=8, prompt_budget=10_000)  # pauses alice down to 4)
+    assert taken == []  # alice is at her share: the free slot is not hers while dave works
     one_token = _sequences("erin", 5, max_tokens=1)
     queue.extend("erin", one_token)
-    taken, _ = queue.take({"alice": 8, "dave": 3}, max_batch=8, prompt_budget=10_000)
+    taken, _ = queue.take({"alice": 4, "dave": 3}, max_batch=8, prompt_budget=10_000)
     assert [s.owner for s in taken] == ["erin"] * 5  # one-token sequences take no slot
-    assert len(queue) == 95 - 3
+    paused = _sequences("alice", 2)
+    queue.requeue("alice", paused)  # paused sequences go first when it is alice's turn again
+    taken, _ = queue.take({"alice": 2}, max_batch=8, prompt_budget=10_000)
+    assert taken[:2] == paused and len(taken) == 6
+    assert len(queue) == 92 - 4
+
+
+def test_paused_and_resumed_sequences_give_the_same_text(request) -> None:
+    from glassbox.provider import start_provider
+
+    with start_provider("tinygpt", n_keys=2, max_batch=4) as small:
+        first = openai.OpenAI(base_url=small.base_url, api_key=small.api_keys[0], max_retries=0)
+        second = openai.OpenAI(base_url=small.base_url, api_key=small.api_keys[1], max_retries=0)
+        prompts = [f"Story {i}: the nurse" for i in range(4)]
+        alone = first.completions.create(model=small.model_name, prompt=prompts, max_tokens=100, temperature=0, logit_bias=NO_END)
+        before = small.stats()["preemptions"]
+        results: list[object] = []
+        thread = threading.Thread(target=lambda: results.append(first.completions.create(
+            model=small.model_name, prompt=prompts, max_tokens=100, temperature=0, logit_bias=NO_END)))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while small.stats()["active_sequences"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        other = second.completions.create(model=small.model_name, prompt=["The teacher", "The cook"], max_tokens=5,
+                                          logit_bias=NO_END)
+        thread.join(600)
+        assert results, "the first key's request did not finish within 10 minutes"
+        assert small.stats()["preemptions"] - before == 2  # the first key was paused down to its share (4 // 2)
+        assert [choice.text for choice in results[0].choices] == [choice.text for choice in alone.choices]
+        assert other.usage.completion_tokens == 10
 
 
 def test_one_keys_backlog_does_not_hold_back_another_keys_request(provider) -> None:
     heavy = openai.OpenAI(base_url=provider.base_url, api_key=provider.api_keys[0], max_retries=0)
     light = openai.OpenAI(base_url=provider.base_url, api_key=provider.api_keys[1], max_retries=0)
-    backlog = [f"Item {i}:" for i in range(1024)]  # 16 batches of 64 sequences, 24 steps each
+    backlog = [f"Item {i}:" for i in range(640)]  # 10 batches of 64 sequences, 24 steps each
     marker = f"light request {time.monotonic_ns()}"
     done: list[object] = []
     thread = threading.Thread(target=lambda: done.append(heavy.completions.create(
@@ -289,11 +318,12 @@ def test_one_keys_backlog_does_not_hold_back_another_keys_request(provider) -> N
                                                            logit_bias=NO_END)
         light_entry = log_entry(provider, reply.headers["x-request-id"])
     finally:
-        thread.join(120)
+        thread.join(900)
+    assert not thread.is_alive(), "the backlog did not finish within 15 minutes"
     heavy_entry = next(entry for entry in reversed(provider.read_log()) if entry.get("parameters", {}).get("user") == marker)
     assert heavy_entry["queue_steps"] >= 5 * 24  # the backlog waited batches of 24 steps...
     assert light_entry["queue_steps"] <= 2  # ...the other key's request started within two steps
-    assert light_entry["usage"]["completion_tokens"] == 4 and len(done[0].choices) == 1024
+    assert light_entry["usage"]["completion_tokens"] == 4 and len(done[0].choices) == len(backlog)
 
 
 # ----- 4. the request log ---------------------------------------------------------------------------

@@ -53,7 +53,7 @@ logger = logging.getLogger("glassbox.provider")
 GREEDY_TEMPERATURE = 1e-6  #: temperatures below this pick the most likely token
 ECHO_ROWS = 256  #: prompt positions turned into logits at once for echo (bounds memory)
 CHOOSE_ROWS = 128  #: sequences sampled at once after a prefill (n=128 of one prompt: 128 x 50,257 floats)
-COUNTERS = ("steps", "forward_passes", "tokens_generated", "sequences_stop", "sequences_length", "sequences_cancelled",
+COUNTERS = ("steps", "preemptions", "forward_passes", "tokens_generated", "sequences_stop", "sequences_length", "sequences_cancelled",
             "sequences_error", "swaps", "prefill_seconds", "decode_seconds")
 
 
@@ -112,6 +112,7 @@ class Sequence:
         self.error: tuple[int, str, str] | None = None  #: (status, code, message) when finish_reason is "error"
         self.cancelled = False
         self.queued_step = 0  #: the engine's step count when it was queued
+        self.paused = False  #: taken out of the batch to make room for other keys (its cache dropped); resumes later
         self.started_step: int | None = None  #: ... and when it was started (admitted); None while waiting
 
 
@@ -170,11 +171,14 @@ class FairQueue:
     At each step :meth:`take` goes round the keys that have sequences waiting, taking one
     sequence from each in turn (and going on where it stopped at the previous step), so a
     key with a long backlog cannot hold back another key's request: that one is started
-    at the next step. The batch is shared the same way: a key with fewer running sequences
-    than its share (``max_batch`` divided by the keys that are running or waiting) may
-    start one even when the batch is full, and only keys below their share may: the batch
-    then grows past ``max_batch`` for a while (to at most twice that), and no key can
-    start more until it is back below. A sequence that needs one token takes no slot.
+    at the next step. The batch is shared the same way: each key may run up to its share,
+    ``max_batch`` divided by the keys that are running or waiting (all of it for a key
+    alone), even when the batch is full; if that makes the batch larger than ``max_batch``,
+    the engine pauses the sequences of keys above their share (:meth:`Engine._preempt`) and
+    resumes them when their key is below its share again. On a CPU every sequence in the
+    batch makes each step slower for everyone, so a key does not get more than its share
+    while others are working, even if the batch has room. A sequence that needs one token
+    takes no slot.
     """
 
     def __init__(self) -> None:
@@ -201,6 +205,15 @@ class FairQueue:
             queue = self._queues[owner] = collections.deque()
             self._turns.append(owner)
         queue.extend(sequences)
+        self.size += len(sequences)
+
+    def requeue(self, owner: str, sequences: list[Sequence]) -> None:
+        """Put paused sequences back at the front of their key's queue (they go first when it is its turn)."""
+        queue = self._queues.get(owner)
+        if queue is None:
+            queue = self._queues[owner] = collections.deque()
+            self._turns.append(owner)
+        queue.extendleft(reversed(sequences))
         self.size += len(sequences)
 
     def _pop(self, owner: str) -> Sequence:
@@ -232,14 +245,14 @@ class FairQueue:
                 cancelled.append(self._pop(owner))
                 continue
             one_token = sequence.params.max_tokens == 1
-            below_share = counts[owner] < share and total < 2 * max_batch
-            if not one_token and not (total < max_batch or below_share):
+            if not one_token and not (counts[owner] < share and total < 2 * max_batch):
                 blocked.add(owner)
                 continue
-            if taken and tokens + len(sequence.prompt_ids) > prompt_budget:
+            length = len(sequence.prompt_ids) + len(sequence.ids)  # (a paused sequence reads what it generated, too)
+            if taken and tokens + length > prompt_budget:
                 break
             taken.append(self._pop(owner))
-            tokens += len(sequence.prompt_ids)
+            tokens += length
             if not one_token:
                 counts[owner] += 1
                 total += 1
@@ -399,6 +412,7 @@ class Engine:
                     if admitted:
                         started = time.perf_counter()
                         self._admit(admitted)
+                        self._preempt()
                         self.counters["prefill_seconds"] += time.perf_counter() - started
                     if self._active:
                         started = time.perf_counter()
@@ -424,8 +438,47 @@ class Engine:
             self._finish(sequence, "cancelled")
         step = self.counters["steps"]
         for sequence in taken:
-            sequence.started_step = step
+            if sequence.started_step is None:
+                sequence.started_step = step
         return taken
+
+    def _preempt(self) -> None:
+        """When the batch holds more than ``max_batch``, pause the sequences of keys above their share, down to it.
+
+        (That happens when a key that had the batch to itself is joined by others.) A key's most
+        recently started sequences go first (they lose the least work). A paused sequence keeps what
+        it generated and goes back to the front of its key's queue; when it resumes, its prompt and
+        tokens are read again (its cache was dropped) and it goes on as if nothing had happened.
+        """
+        if len(self._active) <= self.max_batch:
+            return
+        rows_by_owner: dict[str, list[int]] = collections.defaultdict(list)
+        for row, sequence in enumerate(self._active):
+            rows_by_owner[sequence.job.owner if sequence.job is not None else "?"].append(row)
+        with self._cond:
+            working = set(rows_by_owner) | self._pending.owners()
+        share = max(1, self.max_batch // max(1, len(working)))
+        paused: list[int] = []
+        for rows in rows_by_owner.values():
+            while len(rows) > share:
+                paused.append(rows.pop())
+        if not paused:
+            return
+        evicted = [self._active[row] for row in sorted(paused)]
+        keep = [row for row in range(len(self._active)) if row not in set(paused)]
+        index = torch.tensor(keep, dtype=torch.long)
+        self._active = [self._active[row] for row in keep]
+        self._mask = self._mask.index_select(0, index)
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        by_owner: dict[str, list[Sequence]] = collections.defaultdict(list)
+        for sequence in evicted:
+            sequence.paused = True
+            by_owner[sequence.job.owner if sequence.job is not None else "?"].append(sequence)
+        with self._cond:
+            for owner, sequences in by_owner.items():
+                self._pending.requeue(owner, sequences)
+        self.counters["preemptions"] += len(evicted)
 
     def _notify(self) -> None:
         touched, self._touched = self._touched, set()
@@ -447,9 +500,13 @@ class Engine:
 
     def _admit(self, sequences: list[Sequence]) -> None:
         ready = []
+        resumed = []
         for sequence in sequences:
             if sequence.cancelled:
                 self._finish(sequence, "cancelled")
+                continue
+            if sequence.paused:
+                resumed.append(sequence)
                 continue
             problem = self._check(sequence)
             if problem:
@@ -462,6 +519,38 @@ class Engine:
             ready.append(sequence)
         if ready:
             self._prefill(ready)
+        if resumed:
+            self._resume(resumed)
+
+    def _resume(self, sequences: list[Sequence]) -> None:
+        """Paused sequences rejoin the batch: their prompt and generated tokens but the last are read again.
+
+        (The next decoding step feeds the last token, as for any running sequence.)
+        """
+        chunk: list[Sequence] = []
+        for sequence in sorted(sequences, key=lambda item: len(item.prompt_ids) + len(item.ids)):
+            length = len(sequence.prompt_ids) + len(sequence.ids) - 1
+            if chunk and (len(chunk) + 1) * length > self.prefill_tokens:
+                self._resume_chunk(chunk)
+                chunk = []
+            chunk.append(sequence)
+        if chunk:
+            self._resume_chunk(chunk)
+
+    def _resume_chunk(self, sequences: list[Sequence]) -> None:
+        rows = [sequence.prompt_ids + sequence.ids[:-1] for sequence in sequences]
+        length = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), length), self.eos_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for number, row in enumerate(rows):
+            input_ids[number, length - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[number, length - len(row):] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        _, cache = self._forward(input_ids, mask, positions, None, True)
+        for sequence, row in zip(sequences, rows):
+            sequence.n_cached = len(row)
+            sequence.paused = False
+        self._merge(cache, [(layer.keys, layer.values) for layer in cache.layers], mask, sequences)
 
     def _check(self, sequence: Sequence) -> tuple[str, str] | None:
         """Checks repeated here because the weights may have been swapped since the request was read."""

@@ -72,8 +72,9 @@ limits (each gets an OpenAI-shaped 4xx):
   rate limits         --rpm/--tpm per key: 429 rate_limit_exceeded with retry-after and x-ratelimit-* headers;
                       every request counts against --rpm, also one that is then refused as invalid;
                       --tpm counts the request cost above
-  fairness            the keys take turns: each key's waiting sequences are started in turn, and a key
-                      below its share of the batch starts at the next step, however long another key's queue
+  fairness            the keys take turns: each key's waiting sequences are started in turn, each key runs
+                      at most its share of the batch (--max-batch / keys with work) while others work, and a
+                      key below its share starts at the next step (keys above it are paused, then resumed)
   timeouts            request head within {HEADER_TIMEOUT_SECONDS:g} s (else the connection is closed), body within {BODY_TIMEOUT_SECONDS:g} s (408)
 """
 
