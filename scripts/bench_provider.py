@@ -15,6 +15,11 @@ Three tables, all measured in this run on this machine:
 3. Chapter workloads: chapter 07's logit recovery (25 requests, each a list of 80 short
    prompts, ``max_tokens=1, logprobs=5``, ``logit_bias`` on 4 tokens, pre-2024 mode) and
    chapter 08's sampling (2,048 one-token samples: 16 prompts x n=128).
+4. Fairness: a class's limits (``--rpm 60 --tpm 20000``), 29 polite keys as in table 2,
+   first alone, then beside one abusing key that sends the heaviest requests its limits
+   allow (as many prompts x max_tokens as its tokens per minute pay for, again as soon as
+   ``retry-after`` lets it). The polite keys' p50/p95 and the slowest ``/health`` in both
+   runs. Targets: polite p95 with the abuser at most 2x without; /health within 1 s.
 
     python scripts/bench_provider.py                 # all three
     python scripts/bench_provider.py --quick         # TinyGPT only (no gpt2-untrained rows)
@@ -40,6 +45,7 @@ PROMPT = "Once upon a time, the nurse and the teacher walked to the market, and"
 NEW_TOKENS = 32
 REPEATS = 5
 CLASS_CLIENTS, CLASS_REQUESTS, CLASS_TOKENS = 30, 20, 16
+FAIR_RPM, FAIR_TPM = 60, 20_000  #: the README's example limits for a class
 NO_END = {"50256": -100}  # suppress <|endoftext|> so every completion has all its tokens
 
 
@@ -212,6 +218,107 @@ def bench_class(model_name: str = "tinygpt") -> ClassRow:
 
 
 @dataclass
+class FairRow:
+    run: str
+    ok: int
+    total: int
+    p50: float
+    p95: float
+    worst: float
+    health_max: float
+    abuser_ok: int = 0
+    abuser_refused: int = 0
+    abuser_tokens: int = 0
+
+
+def _fair_run(provider, polite_keys: list[str], abuser_key: str | None) -> FairRow:
+    """The polite keys as in :func:`bench_class` (and the abuser, if given) against one provider; the polite figures."""
+    import httpx
+    import openai
+
+    latencies: list[float] = []
+    health: list[float] = []
+    failures: list[str] = []
+    abuser = {"ok": 0, "refused": 0, "tokens": 0}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def poll_health() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not done.is_set():
+                started = time.perf_counter()
+                http.get(f"http://127.0.0.1:{provider.port}/health")
+                health.append(time.perf_counter() - started)
+                done.wait(0.1)
+
+    def polite(number: int, key: str) -> None:
+        client = openai.OpenAI(base_url=provider.base_url, api_key=key)  # default retries
+        for request in range(CLASS_REQUESTS):
+            started = time.perf_counter()
+            try:
+                reply = client.completions.create(model=provider.model_name, prompt=f"Learner {number} asks question {request}: "
+                                                  "the nurse", max_tokens=CLASS_TOKENS, logit_bias=NO_END)
+                assert reply.usage.completion_tokens == CLASS_TOKENS
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+            except Exception as error:  # noqa: BLE001 - counted, and shown below
+                with lock:
+                    failures.append(f"{type(error).__name__}: {error}")
+
+    def abuse(key: str) -> None:
+        """The heaviest requests the limits allow: every prompt as long as the context lets it generate."""
+        client = openai.OpenAI(base_url=provider.base_url, api_key=key, max_retries=0)
+        room = 128 - 8  # TinyGPT's context minus the prompt: max_tokens per sequence
+        count = FAIR_TPM // (8 + room)
+        prompts = [f"Item {i}:" for i in range(count)]
+        while not done.is_set():
+            try:
+                reply = client.completions.create(model=provider.model_name, prompt=prompts, max_tokens=room, logit_bias=NO_END)
+                abuser["ok"] += 1
+                abuser["tokens"] += reply.usage.completion_tokens
+            except openai.RateLimitError as error:
+                abuser["refused"] += 1
+                done.wait(float(error.response.headers.get("retry-after", "1")))
+            except openai.APIError as error:  # e.g. its prompts do not fit: reported, and it stops
+                failures.append(f"abuser: {type(error).__name__}: {error}")
+                return
+
+    poller = threading.Thread(target=poll_health, daemon=True)
+    poller.start()
+    abuser_thread = None
+    if abuser_key is not None:
+        abuser_thread = threading.Thread(target=abuse, args=(abuser_key,), daemon=True)
+        abuser_thread.start()
+        time.sleep(2.0)  # its first request is in the engine before the class starts
+    threads = [threading.Thread(target=polite, args=(number, key)) for number, key in enumerate(polite_keys)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    poller.join()
+    if abuser_thread is not None:
+        abuser_thread.join(300)
+    for failure in failures[:3]:
+        print("  failed:", failure)
+    return FairRow("with the abuser" if abuser_key else "polite keys alone", len(latencies), len(polite_keys) * CLASS_REQUESTS,
+                   _percentile(latencies, 50), _percentile(latencies, 95), max(latencies, default=float("nan")),
+                   max(health, default=float("nan")), abuser["ok"], abuser["refused"], abuser["tokens"])
+
+
+def bench_fairness(model_name: str = "tinygpt") -> list[FairRow]:
+    """29 polite keys alone, then with one key abusing its limits (each run on a fresh provider)."""
+    from glassbox.provider import start_provider
+
+    rows = []
+    for abusing in (False, True):
+        with start_provider(model_name, n_keys=CLASS_CLIENTS, rpm=FAIR_RPM, tpm=FAIR_TPM) as provider:
+            keys = provider.api_keys
+            rows.append(_fair_run(provider, keys[1:], keys[0] if abusing else None))
+    return rows
+
+
+@dataclass
 class WorkloadRow:
     model: str
     name: str
@@ -266,6 +373,19 @@ def format_class(row: ClassRow) -> str:
     ])
 
 
+def format_fairness(rows: list[FairRow]) -> str:
+    lines = [f"{'run':<18} {'polite ok':>10} {'p50 s':>6} {'p95 s':>6} {'max s':>6} {'health max s':>12} "
+             f"{'abuser ok/429':>13} {'abuser tokens':>13}", "-" * 93]
+    for row in rows:
+        abuser = f"{row.abuser_ok}/{row.abuser_refused}" if row.run != "polite keys alone" else "-"
+        tokens = f"{row.abuser_tokens:,}" if row.run != "polite keys alone" else "-"
+        lines.append(f"{row.run:<18} {f'{row.ok}/{row.total}':>10} {row.p50:>6.2f} {row.p95:>6.2f} {row.worst:>6.2f} "
+                     f"{row.health_max:>12.3f} {abuser:>13} {tokens:>13}")
+    if len(rows) == 2 and rows[0].p95 > 0:
+        lines.append(f"(polite p95 with the abuser / without: {rows[1].p95 / rows[0].p95:.2f}x)")
+    return "\n".join(lines)
+
+
 def format_workloads(rows: list[WorkloadRow]) -> str:
     lines = [f"{'model':<16} {'workload':<52} {'seconds':>8}  rate", "-" * 92]
     lines += [f"{row.model:<16} {row.name:<52} {row.seconds:>8.2f}  {row.detail}" for row in rows]
@@ -287,6 +407,10 @@ def run(quick: bool = False) -> int:
     workloads = [row for name in models for row in bench_workloads(name)]
     print("\n3. Chapter workloads")
     print(format_workloads(workloads))
+    fairness = bench_fairness()
+    print(f"\n4. Fairness: --rpm {FAIR_RPM} --tpm {FAIR_TPM:,}; {CLASS_CLIENTS - 1} polite keys x {CLASS_REQUESTS} completions "
+          f"of {CLASS_TOKENS} tokens, alone and beside one key sending the heaviest requests its limits allow (TinyGPT)")
+    print(format_fairness(fairness))
     missed = []
     missed += [f"overhead {row.model} {row.overhead:.0f}% > 10%" for row in overhead if row.overhead > 10]
     if klass.ok != klass.total:
@@ -295,7 +419,13 @@ def run(quick: bool = False) -> int:
         missed.append(f"p95 {klass.p95:.2f} s > 1.5 s")
     if klass.health_max > 1.0:
         missed.append(f"/health took {klass.health_max:.2f} s > 1 s")
-    print("\nTargets: overhead <= 10 %; class: all succeed, p95 <= 1.5 s, /health <= 1 s.",
+    alone, abused = fairness
+    if abused.p95 > 2 * alone.p95:
+        missed.append(f"fairness: polite p95 {abused.p95:.2f} s with the abuser > 2 x {alone.p95:.2f} s")
+    if max(row.health_max for row in fairness) > 1.0:
+        missed.append(f"fairness: /health took {max(row.health_max for row in fairness):.2f} s > 1 s")
+    print("\nTargets: overhead <= 10 %; class: all succeed, p95 <= 1.5 s, /health <= 1 s; fairness: polite p95 with the "
+          "abuser <= 2x without, /health <= 1 s.",
           "All met." if not missed else "Missed: " + "; ".join(missed))
     print(f"Machine: {psutil.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
           "(other work on the machine slows every figure).")
@@ -305,7 +435,17 @@ def run(quick: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark the course's provider.")
     parser.add_argument("--quick", action="store_true", help="TinyGPT only")
+    parser.add_argument("--fairness-only", action="store_true", help="only table 4 (fairness)")
     args = parser.parse_args(argv)
+    if args.fairness_only:
+        apply_quiet_env()
+        rows = bench_fairness()
+        print(f"\n4. Fairness: --rpm {FAIR_RPM} --tpm {FAIR_TPM:,}; {CLASS_CLIENTS - 1} polite keys x {CLASS_REQUESTS} "
+              f"completions of {CLASS_TOKENS} tokens, alone and beside one key sending the heaviest requests its limits allow")
+        print(format_fairness(rows))
+        print(f"Machine: {psutil.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in psutil.getloadavg())} "
+              "(other work on the machine slows every figure).")
+        return 0
     return run(quick=args.quick)
 
 
