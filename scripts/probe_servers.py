@@ -43,6 +43,11 @@ SETTING_VARIABLES = ("MODEL", "MODEL_ALIAS", "HOST", "PORT", "API_KEY", "N_CTX",
 
 
 def start_server(venv: Path, model: Path, port: int, n_ctx: int, api_key: str, log_path: Path) -> subprocess.Popen:
+    import socket
+
+    with socket.socket() as probe:  # another server on the port would answer the probe instead of ours
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(f"Port {port} on 127.0.0.1 is already in use: stop what listens there or pass --port.")
     command = [str(venv / "bin" / "python"), "-m", "llama_cpp.server", "--model", str(model), "--model_alias", SERVED_ALIAS,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--api_key", api_key,
                "--n_threads", "1", "--n_threads_batch", "1"]

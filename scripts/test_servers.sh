@@ -63,7 +63,7 @@ install() {
 
 gguf() {
     source_package
-    test -f "$GGUF" || "$PY" scripts/export_gguf.py --converter "$CONVERTER" --out "$GGUF" --check
+    "$PY" scripts/export_gguf.py --converter "$CONVERTER" --out "$GGUF" --check
 }
 
 notebooks() {
