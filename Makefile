@@ -21,6 +21,7 @@ help:
 	@echo "make check NB=exercises/02_anatomy.ipynb   check your own exercise notebook"
 	@echo "make bench      time every notebook and print a table (model from GLASSBOX_MODEL)"
 	@echo "make tinygpt    retrain TinyGPT from scratch (about 10 minutes on 2 CPU cores)"
+	@echo "make tinygpt-chat  retrain TinyGPT-chat from TinyGPT base with TRL: SFT, then DPO (budget 10 minutes on 2 CPU cores)"
 	@echo "make colab      stamp the Colab badge and set-up cell into every notebook (URL: glassbox/course_url.py)"
 	@echo "make test-browser  run every lesson in a real JupyterLab in headless Chromium; screenshots in build/screenshots/"
 	@echo "make provider   start the course's provider for a class (ARGS=\"--host 0.0.0.0 --keys-file keys.txt\")"
@@ -72,6 +73,9 @@ bench: install
 
 tinygpt: install
 	$(PY) -m glassbox.tinygpt.train
+
+tinygpt-chat: install
+	$(PY) -m glassbox.tinygpt.chat_train
 
 # The course's OpenAI-compatible provider, e.g. for a class:
 #   make provider ARGS="--model tinygpt --host 0.0.0.0 --keys-file keys.txt --rpm 60"

@@ -9,6 +9,9 @@ The order of choice:
 3. ``gpt2``, if it is in the local Hugging Face cache or the Hub answers within 3 s;
 4. ``tinygpt``, the course's own fully open model, bundled with the package.
 
+``tinygpt-chat`` (TinyGPT after instruction tuning and preference training, with a chat
+template) is only loaded by name.
+
 Weights are read from safetensors files only: nothing is ever unpickled.
 """
 
@@ -27,11 +30,15 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, PreTrainedTokenizerBase
 
-from glassbox.paths import REPO_DIR, TINYGPT_WEIGHTS_DIR
+from glassbox.paths import REPO_DIR, TINYGPT_DIR, TINYGPT_WEIGHTS_DIR
+
+#: TinyGPT-chat's weights, chat template and training log (``glassbox/tinygpt/chat/``).
+TINYGPT_CHAT_WEIGHTS_DIR: Path = TINYGPT_DIR / "chat" / "weights"
 
 #: Every name ``load_model`` accepts (a path to a model folder works too).
 MODEL_NAMES: dict[str, str] = {
     "tinygpt": "TinyGPT, the course's own fully open model (bundled, works offline)",
+    "tinygpt-chat": "TinyGPT-chat, TinyGPT after instruction tuning and preference training, with a chat template (bundled, works offline)",
     "gpt2": "GPT-2 small, 124M parameters (open weights, from the Hugging Face Hub)",
     "gpt2-medium": "GPT-2 medium, 355M parameters (open weights, from the Hugging Face Hub)",
     "gpt2-large": "GPT-2 large, 774M parameters (open weights, from the Hugging Face Hub)",
@@ -157,6 +164,15 @@ def _load(name: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase, str]:
         except ModelLoadError as error:
             raise ModelLoadError(f"{error} TinyGPT ships with the course: restore it with git, or retrain it with `make tinygpt`.") from None
         return model, tokenizer, "the weights bundled with the course"
+    if name == "tinygpt-chat":
+        try:
+            model, tokenizer = _load_folder(TINYGPT_CHAT_WEIGHTS_DIR)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"{error} TinyGPT-chat ships with the course: restore it with git, or retrain it with `make tinygpt-chat`.") from None
+        if tokenizer.chat_template is None:
+            raise ModelLoadError(f"{_display_path(TINYGPT_CHAT_WEIGHTS_DIR)} has no chat_template.jinja: restore it with git, "
+                                 "or retrain TinyGPT-chat with `make tinygpt-chat`.")
+        return model, tokenizer, "the weights bundled with the course"
     if name == "gpt2-untrained":
         with torch.random.fork_rng():
             torch.manual_seed(UNTRAINED_SEED)
@@ -234,6 +250,10 @@ def _load_folder(folder: Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase
         tokenizer = GPT2TokenizerFast(tokenizer_file=str(tokenizer_file))
     else:
         tokenizer = gpt2_tokenizer()
+    template_file = folder / "chat_template.jinja"
+    if template_file.is_file():  # a chat model: apply_chat_template formats conversations its way
+        tokenizer.chat_template = template_file.read_text(encoding="utf-8").strip("\n")
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 

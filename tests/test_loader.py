@@ -166,3 +166,31 @@ def test_bundled_tinygpt_loads_offline():
     assert logits.shape == (1, ids.shape[1], model.config.vocab_size)
     assert torch.isfinite(logits).all()
     assert tokenizer.model_max_length == model.config.n_positions
+
+
+def test_bundled_tinygpt_chat_loads_offline_with_its_chat_template():
+    model, tokenizer = load_model("tinygpt-chat", verbose=False)
+    base, _ = load_model("tinygpt", verbose=False)
+    assert model.config.n_embd == base.config.n_embd and model.config.vocab_size == len(tokenizer)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi?"}], tokenize=False, add_generation_prompt=True)
+    assert text == "Q: Hi?\nA:"
+    assert tokenizer.pad_token == tokenizer.eos_token
+    assert "tinygpt-chat" in loader.MODEL_NAMES
+
+
+def test_missing_chat_weights_give_advice_to_retrain(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader, "TINYGPT_CHAT_WEIGHTS_DIR", tmp_path / "chat" / "weights")
+    with pytest.raises(ModelLoadError, match="make tinygpt-chat"):
+        load_model("tinygpt-chat")
+
+
+def test_chat_weights_without_template_are_a_clear_error(monkeypatch, tiny_model_dir):
+    monkeypatch.setattr(loader, "TINYGPT_CHAT_WEIGHTS_DIR", tiny_model_dir)
+    with pytest.raises(ModelLoadError, match="no chat_template.jinja"):
+        load_model("tinygpt-chat")
+
+
+def test_a_model_folder_with_a_chat_template_gets_it(tiny_model_dir):
+    (tiny_model_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}!\n")
+    _, tokenizer = load_model(str(tiny_model_dir), verbose=False)
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hey"}], tokenize=False) == "hey!"
