@@ -46,8 +46,9 @@ install: $(STAMP) $(LAB_SETTINGS)
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/00_setup_check.ipynb
 
-# Both cores: each notebook's cells, and each test module, stay on one worker (tests/notebook_plugin.py).
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+# Both cores: each notebook's cells, and each test module, stay on one worker; the plugin's
+# scheduler decides (tests/notebook_plugin.py), in its order (longest units first).
+XDIST := -n 2 --no-loadscope-reorder
 
 test: install
 	$(PY) -m pytest $(XDIST)

@@ -12,10 +12,13 @@ pytest on a notebook outside the repository). It does four things:
    tagged raises-exception. Elsewhere (a learner's copy) every exercise must pass, as for
    ``make check``. ``tests/test_exercises.py`` shows that this path and ``make check`` give the
    same verdicts on a notebook with right, wrong and untouched exercises.
-2. **Both cores.** Under pytest-xdist (``make test`` passes ``-n 2 --dist loadgroup``) the
-   cells of one notebook, and the tests of one module, stay together on one worker (a kernel,
-   or a module's provider, is started once); the per-chapter nbgrader tests spread out.
-   Notebooks go first, since they are the longest units.
+2. **Both cores.** Under pytest-xdist (``make test`` passes ``-n 2``) this plugin's scheduler
+   keeps the cells of one notebook, and the tests of one module, together on one worker (a
+   kernel, or a module's provider, is started once) and spreads the per-chapter nbgrader tests
+   one by one. Notebooks go first, since they are the longest units. (xdist's own
+   ``--dist loadgroup`` cannot do this with pytest 9: it renames node ids through an attribute
+   pytest 9 no longer reads, so every test became its own group and notebook cells were split
+   between two kernels.)
 3. **Markers for ``make test-quick``**: ``notebook`` on every test that executes a notebook
    or a kernel, ``slow`` on the few others that take more than about 15 s (``SLOW_TESTS``);
    ``make test-quick`` runs ``-m "not notebook and not slow"``.
@@ -159,7 +162,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than about 15 s without a notebook (left out of make test-quick)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns the group marks into node ids
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     root = config.rootpath
@@ -178,9 +180,27 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker("notebook")
         if item.nodeid.startswith(SLOW_TESTS):
             item.add_marker("slow")
-        if rel not in SPREAD_MODULES:
-            item.add_marker(pytest.mark.xdist_group(rel))
     items[:] = sorted(with_verdicts, key=lambda item: _weight(item, root))  # stable: cell order kept
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit of work one worker takes whole: a notebook or a test module, or a single test of
+    a module in ``SPREAD_MODULES``."""
+    path = nodeid.split("::", 1)[0]
+    return nodeid if path in SPREAD_MODULES else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebookScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling (units in collection order with ``--no-loadscope-reorder``,
+        each handed to the next free worker), with :func:`scope_of` as the unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return NotebookScheduling(config, log)
 
 
 # ------------------------------------------------------------------ where the time went
@@ -199,7 +219,7 @@ _STARTED = time.monotonic()
 
 
 def _kind(nodeid: str) -> str:
-    path = nodeid.split("::", 1)[0].split("@", 1)[0]
+    path = nodeid.split("::", 1)[0]
     return next(name for name, pattern in _KINDS if pattern.search(path))
 
 
