@@ -282,3 +282,20 @@ def test_a_tokenizer_with_a_chat_template_formats_the_chat_with_it(tiny) -> None
         assert stops == ()
     finally:
         tokenizer.chat_template = original
+
+
+def test_tinygpt_chat_is_served_through_its_chat_template() -> None:
+    """The provider formats a chat with the tokenizer's template: the prompt it counts is the template's,
+    and the reply is the model's own greedy answer to the templated prompt, computed here directly."""
+    from glassbox.tinygpt import chat_data, chat_train
+
+    model, tokenizer = load_model("tinygpt-chat", verbose=False)
+    question = chat_data.harmless_prompts("heldout")[0]
+    templated = tokenizer.apply_chat_template(chat_data.conversation(question), tokenize=False, add_generation_prompt=True)
+    assert templated != format_chat(chat_data.conversation(question))
+    expected = chat_train.generate_replies(model, tokenizer, [question], max_new_tokens=12)[0]
+    with start_provider("tinygpt-chat") as handle:
+        answer = handle.client(max_retries=0).chat.completions.create(
+            model=handle.model_name, messages=chat_data.conversation(question), max_tokens=12, temperature=0)
+    assert answer.usage.prompt_tokens == len(tokenizer(templated)["input_ids"])
+    assert answer.choices[0].message.content.strip() == expected
