@@ -160,6 +160,8 @@ def _weight(item: pytest.Item, root: Path) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "notebook: executes a notebook or a kernel (left out of make test-quick)")
     config.addinivalue_line("markers", "slow: takes more than about 15 s without a notebook (left out of make test-quick)")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(NotebookSchedulerPlugin(), "glassbox-notebook-scheduler")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -190,17 +192,21 @@ def scope_of(nodeid: str) -> str:
     return nodeid if path in SPREAD_MODULES else path
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    from xdist.scheduler import LoadScopeScheduling
+class NotebookSchedulerPlugin:
+    """Registered only when pytest-xdist is active (its hook does not exist without it)."""
 
-    class NotebookScheduling(LoadScopeScheduling):
-        """xdist's scope scheduling (units in collection order with ``--no-loadscope-reorder``,
-        each handed to the next free worker), with :func:`scope_of` as the unit."""
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        from xdist.scheduler import LoadScopeScheduling
 
-        def _split_scope(self, nodeid: str) -> str:
-            return scope_of(nodeid)
+        class NotebookScheduling(LoadScopeScheduling):
+            """xdist's scope scheduling (units in collection order with ``--no-loadscope-reorder``,
+            each handed to the next free worker), with :func:`scope_of` as the unit."""
 
-    return NotebookScheduling(config, log)
+            def _split_scope(self, nodeid: str) -> str:
+                return scope_of(nodeid)
+
+        return NotebookScheduling(config, log)
 
 
 # ------------------------------------------------------------------ where the time went
