@@ -73,16 +73,21 @@ notebooks() {
     env -u MODEL -u HOST -u PORT -u API_KEY "$VENV/bin/python" -m llama_cpp.server --model "$GGUF" \
         --model_alias tinygpt-gguf --host 127.0.0.1 --port "$PORT" --n_ctx 128 --api_key "$key" \
         --n_threads 1 --n_threads_batch 1 > "$log" 2>&1 &
-    local pid=$!
-    trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' RETURN
+    SERVER_PID=$!
+    trap 'kill "$SERVER_PID" 2>/dev/null || true' EXIT
     for _ in $(seq 1 120); do
         curl -sf -H "Authorization: Bearer $key" "http://127.0.0.1:$PORT/v1/models" > /dev/null && break
-        kill -0 $pid 2>/dev/null || { echo "the server stopped; see $log" >&2; return 1; }
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server stopped; see $log" >&2; return 1; }
         sleep 1
     done
+    local status=0
     GLASSBOX_API_BASE="http://127.0.0.1:$PORT/v1" GLASSBOX_API_KEY="$key" GLASSBOX_API_MODEL=tinygpt-gguf \
         "$PY" scripts/run_notebooks.py --html build/servers-notebooks \
-        notebooks/06_*.ipynb notebooks/07_*.ipynb notebooks/08_*.ipynb
+        notebooks/06_*.ipynb notebooks/07_*.ipynb notebooks/08_*.ipynb || status=$?
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    trap - EXIT
+    return $status
 }
 
 serve() {
