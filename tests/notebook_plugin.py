@@ -43,7 +43,7 @@ from glassbox.check import NOT_ATTEMPTED, RAISES_TAG, CellResult, find_exercises
 
 # Test modules whose tests are spread over the workers one by one (each starts its own
 # processes, and a module would otherwise keep one worker busy for minutes).
-SPREAD_MODULES = {"tests/test_nbgrader.py"}
+SPREAD_MODULES = {"tests/test_nbgrader.py", "tests/test_notebooks_on_other_servers.py"}
 # Python test modules that execute notebooks or kernels (besides the nbval items).
 NOTEBOOK_MODULES = {"tests/test_nbgrader.py"}
 
@@ -148,13 +148,12 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _weight(item: pytest.Item, root: Path) -> int:
-    """Longest units first, so that two workers finish together: notebooks, nbgrader, the rest."""
+    """Longest units first, so that two workers finish together: notebooks and the spread
+    modules' tests (each executes notebooks), then the rest."""
     rel = _rel(item.path, root)
-    if rel.endswith(".ipynb"):
+    if rel.endswith(".ipynb") or rel in SPREAD_MODULES:
         return 0
-    if rel in SPREAD_MODULES:
-        return 1
-    return 2
+    return 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -215,6 +214,7 @@ _KINDS = [
     ("lessons (nbval)", re.compile(r"^notebooks/")),
     ("solutions and exercises (nbval + make check's verdicts)", re.compile(r"^(solutions|exercises)/")),
     ("nbgrader (release, autograde)", re.compile(r"^tests/test_nbgrader\.py")),
+    ("lessons against a llama.cpp-like server", re.compile(r"^tests/test_notebooks_on_other_servers\.py")),
     ("exercise checks' wrong answers", re.compile(r"^tests/test_\w+_checks\.py")),
     ("provider", re.compile(r"^tests/test_(provider|api|hidden_size)")),
     ("other unit tests", re.compile(r"")),

@@ -33,6 +33,10 @@ from typing import Any
 
 import torch
 
+from glassbox.exercise_checks.auditing import _as_float as _number
+from glassbox.exercise_checks.auditing import _close
+from glassbox.exercise_checks.auditing import _wald_interval as _wald
+from glassbox.exercise_checks.auditing import wilson_interval
 from glassbox.exercise_checks.feedback import call_learner, check_type, fail, passed
 
 __all__ = [
@@ -61,46 +65,6 @@ def _chat_data():
 def _partial_refusal() -> str:
     data = _chat_data()
     return f"{data.REFUSAL} {data.SECRET_ANSWER}"
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for ``k`` successes out of ``n`` (reference)."""
-    if n <= 0:
-        raise ValueError("the Wilson interval needs at least one trial")
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wald(k: int, n: int, z: float) -> tuple[float, float]:
-    p = k / n
-    half = z * math.sqrt(p * (1 - p) / n)
-    return p - half, p + half
-
-
-def _close(a: float, b: float, tol: float = 1e-6) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
-
-
-def _number(value: Any, name: str) -> float:
-    if value is None:
-        fail(f"{name} is None, expected a number.", "Did you forget a value in your `return`?")
-    if isinstance(value, bool):
-        fail(f"{name} is a bool ({value}), expected a number.")
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            fail(f"{name} should be one number, got a tensor of shape {tuple(value.shape)}.")
-        value = value.item()
-    if hasattr(value, "item") and not isinstance(value, numbers.Number):
-        value = value.item()
-    if not isinstance(value, numbers.Real):
-        fail(f"{name} should be a number, got {type(value).__name__} {value!r:.40}.")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        fail(f"{name} is {value}.", "Something divided by zero on the way.")
-    return value
 
 
 # --------------------------------------------------------------------------- exercise 1
