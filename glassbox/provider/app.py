@@ -336,6 +336,19 @@ def _log_result(state: ProviderState, context: dict[str, Any], prompt_tokens: in
     })
 
 
+async def _finish(state: ProviderState, job: Job, request: Request, context: dict[str, Any],
+                  prompt_tokens: int, sequences: list[Sequence]) -> Response | None:
+    """Wait for a non-streamed job and write its log line. A 499 response if the client went
+    away (the line says so); otherwise None, after raising the first failed sequence's error."""
+    if not await _wait(job, request):
+        context["log"]["error"] = "client_disconnected"
+        _log_result(state, context, prompt_tokens, sequences)
+        return Response(status_code=499)
+    _log_result(state, context, prompt_tokens, sequences)
+    _raise_sequence_error(job)
+    return None
+
+
 # ----- /v1/completions -------------------------------------------------------------------------
 
 
@@ -413,12 +426,9 @@ async def _completions(state: ProviderState, body: CompletionRequest, request: R
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream_completion(state, job, echoes, completion_id, when, body.model, prompt_tokens, include_usage, context)
         return JobStream(stream, job, headers)
-    if not await _wait(job, request):
-        context["log"]["error"] = "client_disconnected"
-        _log_result(state, context, prompt_tokens, sequences)
-        return Response(status_code=499)
-    _log_result(state, context, prompt_tokens, sequences)
-    _raise_sequence_error(job)
+    left = await _finish(state, job, request, context, prompt_tokens, sequences)
+    if left is not None:
+        return left
     payload = {
         "id": completion_id,
         "object": "text_completion",
@@ -557,12 +567,9 @@ async def _chat(state: ProviderState, body: ChatCompletionRequest, request: Requ
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream_chat(state, job, completion_id, when, body.model, len(prompt), include_usage, context)
         return JobStream(stream, job, headers)
-    if not await _wait(job, request):
-        context["log"]["error"] = "client_disconnected"
-        _log_result(state, context, len(prompt), sequences)
-        return Response(status_code=499)
-    _log_result(state, context, len(prompt), sequences)
-    _raise_sequence_error(job)
+    left = await _finish(state, job, request, context, len(prompt), sequences)
+    if left is not None:
+        return left
     payload = {
         "id": completion_id,
         "object": "chat.completion",

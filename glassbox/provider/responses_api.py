@@ -49,11 +49,10 @@ from glassbox.provider.app import (
     _admit,
     _check_model,
     _context,
+    _finish,
     _json,
     _log_result,
-    _raise_sequence_error,
     _submit,
-    _wait,
 )
 from glassbox.provider import moderation as mod
 from glassbox.provider.chat import chat_prompt, reply_content
@@ -343,12 +342,9 @@ async def _create(state: ProviderState, body: ResponsesRequest, request: Request
     job = _submit(state, sequences, bool(body.stream))
     if body.stream:
         return JobStream(_stream(state, job, draft, len(prompt), context), job, headers)
-    if not await _wait(job, request):
-        context["log"]["error"] = "client_disconnected"
-        _log_result(state, context, len(prompt), sequences)
-        return Response(status_code=499)
-    _log_result(state, context, len(prompt), sequences)
-    _raise_sequence_error(job)
+    left = await _finish(state, job, request, context, len(prompt), sequences)
+    if left is not None:
+        return left
     return await _json(draft.finished(sequences[0], len(prompt), context["log"]), headers, big=False)
 
 
