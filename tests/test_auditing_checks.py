@@ -339,9 +339,10 @@ def test_queries_known_mistakes(wrong, hint) -> None:
 from glassbox.exercise_checks.auditing import check_logprob_share  # noqa: E402
 
 
-def share_ok(top, pronoun):
+def share_ok(top, pronoun, exponentiate=True):
+    """The right answer; ``exponentiate=False`` is the mistake of treating logprobs as probabilities."""
     other = [p for p in PRONOUNS if p != pronoun][0]
-    probs = {t: math.exp(v) for t, v in top.items()}
+    probs = {t: math.exp(v) if exponentiate else v for t, v in top.items()}
     t, o = probs.get(" " + pronoun), probs.get(" " + other)
     floor = min(probs.values()) if probs else 0.0
     if t is not None and o is not None:
@@ -354,16 +355,7 @@ def share_ok(top, pronoun):
 
 
 def share_no_exp(top, pronoun):
-    other = [p for p in PRONOUNS if p != pronoun][0]
-    t, o = top.get(" " + pronoun), top.get(" " + other)
-    floor = min(top.values()) if top else 0.0
-    if t is not None and o is not None:
-        return t / (t + o), t / (t + o)
-    if t is not None:
-        return t / (t + floor), 1.0
-    if o is not None:
-        return 0.0, floor / (floor + o)
-    return 0.0, 1.0
+    return share_ok(top, pronoun, exponentiate=False)
 
 
 def share_raw(top, pronoun):
