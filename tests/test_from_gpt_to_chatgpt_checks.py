@@ -163,8 +163,8 @@ def base_and_changed():
 def good_layer_changes(base, chat):
     out = []
     for block_base, block_chat in zip(base.transformer.h, chat.transformer.h):
-        diff = sum(float((b - a).pow(2).sum()) for a, b in zip(block_base.parameters(), block_chat.parameters()))
-        norm = sum(float(a.pow(2).sum()) for a in block_base.parameters())
+        diff = sum(float((b - a).detach().pow(2).sum()) for a, b in zip(block_base.parameters(), block_chat.parameters()))
+        norm = sum(float(a.detach().pow(2).sum()) for a in block_base.parameters())
         out.append(math.sqrt(diff / norm))
     return out
 
@@ -177,10 +177,10 @@ def test_layer_changes_right_answer_passes_and_finds_the_block(base_and_changed,
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (lambda b, c: [math.sqrt(sum(float((y - x).pow(2).sum()) for x, y in zip(p.parameters(), q.parameters())))
+    (lambda b, c: [math.sqrt(sum(float((y - x).detach().pow(2).sum()) for x, y in zip(p.parameters(), q.parameters())))
                    for p, q in zip(b.transformer.h, c.transformer.h)], "absolute change"),
-    (lambda b, c: [math.sqrt(sum(float((y - x).pow(2).sum()) for x, y in zip(p.attn.c_attn.parameters(), q.attn.c_attn.parameters()))
-                             / sum(float(x.pow(2).sum()) for x in p.attn.c_attn.parameters()))
+    (lambda b, c: [math.sqrt(sum(float((y - x).detach().pow(2).sum()) for x, y in zip(p.attn.c_attn.parameters(), q.attn.c_attn.parameters()))
+                             / sum(float(x.detach().pow(2).sum()) for x in p.attn.c_attn.parameters()))
                    for p, q in zip(b.transformer.h, c.transformer.h)], "only attn.c_attn"),
     (lambda b, c: [float((c.transformer.wte.weight - b.transformer.wte.weight).detach().norm() / b.transformer.wte.weight.detach().norm())]
      + good_layer_changes(b, c), "embeddings"),
