@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from glassbox.loader import gpt2_tokenizer
+from glassbox.measure import female_ratio, greedy, measure_skew, next_token_probs, sentence_loss  # noqa: F401
 from glassbox.tinygpt import corpus
 
 WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
@@ -145,49 +146,14 @@ def train(
 # --- Measurements -----------------------------------------------------------------------
 
 
-@torch.no_grad()
-def next_token_probs(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:
-    """The model's probability distribution over the next token after ``<|endoftext|>`` + prompt."""
-    ids = torch.tensor([tokenizer(corpus.EOT + prompt)["input_ids"]])
-    return torch.softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
-
-
-def female_ratio(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, occupation: str) -> float:
-    """P(" herself") / (P(" herself") + P(" himself")) after each of ``corpus.SKEW_PROMPTS``, averaged."""
-    female, male = (tokenizer(" " + word)["input_ids"][0] for word in corpus.PRONOUNS)
-    ratios = []
-    for prompt in corpus.SKEW_PROMPTS:
-        probs = next_token_probs(model, tokenizer, prompt.format(occupation=occupation))
-        ratios.append((probs[female] / (probs[female] + probs[male])).item())
-    return sum(ratios) / len(ratios)
-
-
-def measure_skew(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
-    """The model's "herself" ratio for every occupation of ``corpus.PRONOUN_SKEW``."""
-    return {occupation: female_ratio(model, tokenizer, occupation) for occupation in corpus.PRONOUN_SKEW}
-
-
-@torch.no_grad()
-def sentence_loss(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, sentence: str) -> float:
-    """Mean next-token loss (nats per token) of a sentence placed at the start of a story."""
-    ids = torch.tensor([tokenizer(corpus.EOT + sentence)["input_ids"]])
-    return model(input_ids=ids, labels=ids).loss.item()
+# next_token_probs, female_ratio, measure_skew, sentence_loss and greedy live in glassbox.measure
+# (imported above), shared with the scorecard and the exercise checks.
 
 
 def auc(lower: list[float], higher: list[float]) -> float:
     """Probability that a random item of ``lower`` is below a random item of ``higher`` (ties count half)."""
     wins = sum((a < b) + 0.5 * (a == b) for a in lower for b in higher)
     return wins / (len(lower) * len(higher))
-
-
-@torch.no_grad()
-def greedy(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy continuation of ``<|endoftext|>`` + prompt; returns the prompt plus the new text."""
-    ids = tokenizer(corpus.EOT + prompt)["input_ids"]
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=torch.tensor([ids[-model.config.n_positions :]])).logits[0, -1]
-        ids.append(int(logits.argmax()))
-    return tokenizer.decode(ids[1:])
 
 
 def first_sentence(text: str) -> str:
