@@ -215,7 +215,7 @@ _KINDS = [
     ("solutions and exercises (nbval + make check's verdicts)", re.compile(r"^(solutions|exercises)/")),
     ("nbgrader (release, autograde)", re.compile(r"^tests/test_nbgrader\.py")),
     ("lessons against a llama.cpp-like server", re.compile(r"^tests/test_notebooks_on_other_servers\.py")),
-    ("exercise checks' wrong answers", re.compile(r"^tests/test_\w+_checks\.py")),
+    ("exercise checks' wrong answers", re.compile(r"^tests/(checks/|test_\w+_checks\.py)")),
     ("provider", re.compile(r"^tests/test_(provider|api|hidden_size)")),
     ("other unit tests", re.compile(r"")),
 ]
