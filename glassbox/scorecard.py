@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from glassbox.measure import greedy
+
 __all__ = [
     "BUILT_IN",
     "MEASURED",
@@ -258,19 +260,10 @@ def _load(weights_dir: Path | None, what: str):
     return load_model(str(weights_dir), verbose=False)
 
 
-@torch.no_grad()
-def _greedy(model: Any, tokenizer: Any, prompt: str = PROMPT, new_tokens: int = 8) -> str:
-    ids = tokenizer("<|endoftext|>" + prompt)["input_ids"]
-    for _ in range(new_tokens):
-        logits = model(input_ids=torch.tensor([ids[-model.config.n_positions:]])).logits[0, -1]
-        ids.append(int(logits.argmax()))
-    return tokenizer.decode(ids[1:])
-
-
 def try_use(weights_dir: Path | None, prompt: str = PROMPT) -> str:
     """Load the weights and generate 8 tokens greedily."""
     model, tokenizer = _load(weights_dir, "generating text on your machine")
-    return f"generated {_greedy(model, tokenizer, prompt)!r}"
+    return f"generated {greedy(model, tokenizer, prompt, max_new_tokens=8)!r}"
 
 
 def try_offline(weights_dir: Path | None, prompt: str = PROMPT) -> str:
@@ -281,7 +274,7 @@ def try_offline(weights_dir: Path | None, prompt: str = PROMPT) -> str:
     """
     with network_cut() as attempts:
         model, tokenizer = _load(weights_dir, "running offline")
-        text = _greedy(model, tokenizer, prompt)
+        text = greedy(model, tokenizer, prompt, max_new_tokens=8)
     if attempts:
         raise ConnectionError(f"{len(attempts)} connection attempt(s) while running: {attempts[:2]}")
     return f"loaded and generated {text!r} with every connection refused; 0 attempts"
@@ -354,7 +347,7 @@ def try_modify(weights_dir: Path | None, text: str = FINE_TUNE_TEXT) -> str:
 def try_self_host(weights_dir: Path | None, workdir: Path, prompt: str = PROMPT) -> str:
     """Generate, save_pretrained into ``workdir``, reload the copy with the network cut, generate again."""
     model, tokenizer = _load(weights_dir, "self-hosting")
-    expected = _greedy(model, tokenizer, prompt)
+    expected = greedy(model, tokenizer, prompt, max_new_tokens=8)
     copy = Path(workdir) / "self_hosted_copy"
     model.save_pretrained(copy)
     del model
@@ -363,7 +356,7 @@ def try_self_host(weights_dir: Path | None, workdir: Path, prompt: str = PROMPT)
             from glassbox.loader import load_model
 
             reloaded, tokenizer = load_model(str(copy), verbose=False)
-            text = _greedy(reloaded, tokenizer, prompt)
+            text = greedy(reloaded, tokenizer, prompt, max_new_tokens=8)
         del reloaded
     finally:
         shutil.rmtree(copy, ignore_errors=True)

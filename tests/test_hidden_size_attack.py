@@ -10,7 +10,7 @@
   final LayerNorm bias is 0, see FACTS.md).
 
 The expected sizes come from the models' configs, never typed in. The estimator is the
-reference the chapter's exercise is checked against (glassbox.exercise_checks.leaks).
+reference the chapter's exercise is checked against (glassbox.exercise_checks.api_leaks).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import GPT2Config
 
-from glassbox.exercise_checks.leaks import reference_hidden_size
+from glassbox.exercise_checks.api_leaks import reference_hidden_size
 from glassbox.loader import gpt2_tokenizer, load_model
 from glassbox.paths import TINYGPT_WEIGHTS_DIR
 from glassbox.provider import start_provider

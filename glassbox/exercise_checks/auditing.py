@@ -28,6 +28,7 @@ from glassbox.exercise_checks.feedback import (
     fail,
     passed,
 )
+from glassbox import measure
 from glassbox.tinygpt import corpus
 
 __all__ = [
@@ -212,20 +213,8 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
 
 # --------------------------------------------------------------------------- exercise 2
 
-def _pronoun_ids(tokenizer: Any) -> tuple[int, int]:
-    ids = []
-    for word in PRONOUNS:
-        encoded = tokenizer(" " + word)["input_ids"]
-        if len(encoded) != 1:  # GPT-2's vocabulary has both as single tokens
-            raise RuntimeError(f"' {word}' is not a single token for this tokenizer")
-        ids.append(encoded[0])
-    return ids[0], ids[1]
-
-
-@torch.no_grad()
 def _last_probs(model: Any, tokenizer: Any, text: str, position: int = -1) -> torch.Tensor:
-    ids = torch.tensor([tokenizer(text)["input_ids"]])
-    return torch.softmax(model(input_ids=ids).logits[0, position].float(), dim=-1)
+    return measure.next_token_probs(model, tokenizer, text, prefix="", position=position)
 
 
 @torch.no_grad()
@@ -236,18 +225,12 @@ def _last_logits(model: Any, tokenizer: Any, text: str) -> torch.Tensor:
 
 def reference_exact_ratio(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> float:
     """P(pronoun) / (P(herself) + P(himself)) after <|endoftext|> + each SKEW_PROMPT, averaged."""
-    female, male = _pronoun_ids(tokenizer)
-    target = female if pronoun == PRONOUNS[0] else male
-    ratios = []
-    for prompt in corpus.SKEW_PROMPTS:
-        probs = _last_probs(model, tokenizer, corpus.EOT + prompt.format(occupation=occupation))
-        ratios.append(float(probs[target] / (probs[female] + probs[male])))
-    return sum(ratios) / len(ratios)
+    return measure.pronoun_ratio(model, tokenizer, occupation, pronoun)
 
 
 def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str,
                     expected: float) -> list[tuple[float, str]]:
-    female, male = _pronoun_ids(tokenizer)
+    female, male = measure.pronoun_ids(tokenizer)
     target = female if pronoun == PRONOUNS[0] else male
     prompts = [p.format(occupation=occupation) for p in corpus.SKEW_PROMPTS]
     with_eot = [_last_probs(model, tokenizer, corpus.EOT + p) for p in prompts]

@@ -1,36 +1,52 @@
-"""Generic, TA-style comparison helpers for exercise checks.
+"""The one layer between the exercise checks and the learner's code.
 
-A check compares a learner's answer with a reference computed from the loaded model
-or data. When they differ, it should say *what* is wrong and *why it probably is*,
-the way a good teaching assistant would: "expected shape (768, 2304), got
-(2304, 768): this is the transpose", "off by a factor of 2", "the difference is
-exactly the bias: did you forget it?". Wrong types, ``None``, NaN and wrong shapes get
-the same kind of one-paragraph message, never a traceback from deep inside torch.
+A check calls the learner's function through :func:`call_learner`, takes its answer apart
+with :func:`unpack`, reads numbers with :func:`as_number`, and compares with
+:func:`check_number` or :func:`check_tensor`. When an answer is wrong, the message says
+*what* is wrong and, where it can, *which usual mistake* gives exactly that answer, the way a
+good teaching assistant would: "expected shape (768, 2304), got (2304, 768): this is the
+transpose", "off by a factor of 2", "this is what you get without the 1/sqrt(d_head)".
 
-Every failure raises :class:`ExerciseFailed` (an ``AssertionError``), so nbval,
-pytest and nbgrader all count it as a failed test. Success prints one line that
-starts with ``✓``.
+The usual mistakes are never typed-in numbers. A chapter writes its reference with settings
+(a dataclass such as ``forward_pass.Variant``, or keyword arguments such as
+``anatomy._formula``'s) whose defaults compute the right answer; each mistake is the same
+reference with one setting changed, and :func:`mistakes_from` turns such a list into the
+answers the mistakes give, computed only once an answer has failed.
+
+Every failure raises :class:`ExerciseFailed` (an ``AssertionError``), so nbval, pytest and
+nbgrader all count it as a failed test. Success prints one line that starts with ``✓``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import torch
+from torch import nn
 
 __all__ = [
     "ExerciseFailed",
+    "Mistakes",
+    "as_number",
     "call_learner",
     "check_number",
     "check_tensor",
     "check_type",
+    "close",
+    "expect_raises",
     "fail",
+    "mistakes_from",
     "passed",
+    "unpack",
 ]
+
+#: (wrong answer, hint) pairs, or a function that computes them when they are needed.
+Mistakes = Iterable[tuple[Any, str]] | Callable[[], Iterable[tuple[Any, str]]]
 
 
 class ExerciseFailed(AssertionError):
@@ -48,33 +64,6 @@ def passed(message: str) -> None:
     print(f"✓ {message}")
 
 
-def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
-                 hints: dict[type[BaseException], str] | None = None, **kwargs: Any) -> Any:
-    """Call the learner's function and turn its crashes into readable feedback.
-
-    ``NotImplementedError`` passes through unchanged: it means "not attempted yet".
-    Any other exception is re-raised as :class:`ExerciseFailed` *from* the original,
-    so the learner still sees their own traceback above our hint. ``hints`` maps an
-    exception type to advice specific to this exercise.
-    """
-    label = name or getattr(fn, "__name__", "your function")
-    if not callable(fn):
-        fail(f"Expected a function for {label}, got {_describe(fn)}.",
-             "Run the cell that defines the function, then this check again.")
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every learner crash becomes feedback
-        hint = None
-        for exc_type, advice in (hints or {}).items():
-            if isinstance(exc, exc_type):
-                hint = advice
-                break
-        message = f"{label} raised {type(exc).__name__}: {exc}"
-        raise ExerciseFailed(message if hint is None else f"{message}\nHint: {hint}") from exc
-
-
 def _describe(value: Any) -> str:
     """A short description of a value for messages: its type and, if small, its repr."""
     if value is None:
@@ -85,6 +74,132 @@ def _describe(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+# --------------------------------------------------------------------------- calling the learner
+
+class _ModelState:
+    """What calling the learner must not change about a model: weights, gradients, mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.training = model.training
+        self.grads = {name for name, p in model.named_parameters() if p.grad is not None}
+        self.digests = {name: self._digest(t) for name, t in
+                        [*model.named_parameters(), *model.named_buffers()]}
+
+    @staticmethod
+    def _digest(tensor: torch.Tensor) -> str:
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()
+
+    def problems(self, model: nn.Module) -> list[tuple[str, str]]:
+        """(what changed, how to avoid it) for every way ``model`` differs from before."""
+        out = []
+        changed = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                   if self.digests.get(n) != self._digest(t)]
+        if changed:
+            out.append((f"changed {len(changed)} of the model's weight tensors in place "
+                        f"(e.g. {changed[0]})",
+                        "Compute new tensors instead of writing into the model's (no +=, "
+                        ".add_(), .copy_() or [...] = on its weights); then reload the model "
+                        "with load_model() and run the check again."))
+        grads = [n for n, p in model.named_parameters() if p.grad is not None and n not in self.grads]
+        if grads:
+            out.append((f"left gradients on {len(grads)} of the model's parameters "
+                        f"(e.g. {grads[0]}.grad)",
+                        "This exercise needs no gradients: compute under torch.no_grad(), and "
+                        "never call .backward() here (or clear them: "
+                        "model.zero_grad(set_to_none=True))."))
+        if model.training != self.training:
+            mode = "training" if model.training else "evaluation"
+            out.append((f"left the model in {mode} mode (model.training is {model.training})",
+                        "Leave the mode as you found it: if you call model.train(), call "
+                        "model.eval() before returning (dropout is on in training mode)."))
+        return out
+
+
+def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
+                 hints: Mapping[type[BaseException], str] | None = None,
+                 protect: Iterable[torch.Tensor] | Mapping[str, torch.Tensor] = (),
+                 model: nn.Module | None = None, **kwargs: Any) -> Any:
+    """Call the learner's function, turn its crashes into feedback, and verify its inputs.
+
+    ``NotImplementedError`` passes through unchanged: it means "not attempted yet". Any other
+    exception is re-raised as :class:`ExerciseFailed` *from* the original, so the learner still
+    sees their own traceback above our hint; ``hints`` maps an exception type to advice.
+
+    Input protection: every tensor in ``protect`` (a mapping names them) must come back
+    unchanged (if it does not, the check restores it and says so), and for ``model``, afterwards its weights and buffers, the gradients on its
+    parameters (``.grad``) and its training flag must be as before. The message says which
+    of these the function changed. (Checks that hand the learner copies say so themselves.)
+    """
+    label = name or getattr(fn, "__name__", "your function")
+    if not callable(fn):
+        fail(f"Expected a function for {label}, got {_describe(fn)}.",
+             "Run the cell that defines the function, then this check again.")
+    named = dict(protect) if isinstance(protect, Mapping) else {
+        f"input tensor {i + 1}": t for i, t in enumerate(protect)}
+    before = {key: t.detach().clone() for key, t in named.items()}
+    state = _ModelState(model) if model is not None else None
+    try:
+        result = fn(*args, **kwargs)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every learner crash becomes feedback
+        hint = next((advice for exc_type, advice in (hints or {}).items()
+                     if isinstance(exc, exc_type)), None)
+        message = f"{label} raised {type(exc).__name__}: {exc}"
+        raise ExerciseFailed(message if hint is None else f"{message}\nHint: {hint}") from exc
+    for key, t in named.items():
+        if not torch.equal(t.detach(), before[key]):
+            with torch.no_grad():
+                t.copy_(before[key])
+            fail(f"{label} changed its {key} in place; the check has put the original values "
+                 "back.", "Compute new tensors (x - mean, not x -= mean; no .sub_(), .mul_() or "
+                          "[...] = ... on the inputs).")
+    if state is not None:
+        problems = state.problems(model)
+        if problems:
+            fail(f"{label} {'; it also '.join(what for what, _ in problems)}.",
+                 " ".join(how for _, how in problems))
+    return result
+
+
+def expect_raises(fn: Callable[..., Any], *args: Any, exception: type[BaseException],
+                  name: str, why: str, **kwargs: Any) -> BaseException:
+    """Call the learner's function on an input it must refuse; return the exception it raised.
+
+    ``why`` says why the input must be refused; it is the hint when the function returns a
+    value or raises another kind of error.
+    """
+    try:
+        got = fn(*args, **kwargs)
+    except NotImplementedError:
+        raise
+    except exception as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - any other crash becomes feedback
+        raise ExerciseFailed(f"{name} raised {type(exc).__name__}: {exc}; expected "
+                             f"{exception.__name__}.\nHint: {why}") from exc
+    fail(f"{name} returned {_describe(got)}; expected it to raise {exception.__name__}.", why)
+
+
+def unpack(got: Any, parts: Sequence[str], name: str, hint: str | None = None) -> tuple[Any, ...]:
+    """The learner's tuple of named ``parts``, or a failure naming what is missing or extra."""
+    wanted = f"({', '.join(parts)})"
+    hint = hint or f"End with `return {', '.join(parts)}`."
+    if got is None:
+        fail(f"{name} returned None; expected a tuple {wanted}.", hint)
+    if isinstance(got, torch.Tensor) or not isinstance(got, (tuple, list)):
+        fail(f"{name} returned one value, {_describe(got)}; expected a tuple {wanted}.", hint)
+    if len(got) < len(parts):
+        missing = ", ".join(parts[len(got):])
+        fail(f"{name} returned {len(got)} value(s); expected {len(parts)}, {wanted}: "
+             f"{missing} is missing.", hint)
+    if len(got) > len(parts):
+        fail(f"{name} returned {len(got)} values; expected {len(parts)}, {wanted}: "
+             f"{len(got) - len(parts)} extra.", hint)
+    return tuple(got)
 
 
 def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
@@ -100,9 +215,50 @@ def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
     fail(f"{name} should be a {wanted}, got {_describe(got)}.", hint)
 
 
+# --------------------------------------------------------------------------- the usual mistakes
+
+def mistakes_from(compute: Callable[..., Any], settings: Iterable[tuple[Any, str]]
+                  ) -> Callable[[], Iterable[tuple[Any, str]]]:
+    """The answers the usual mistakes give, computed lazily from the reference.
+
+    ``settings`` are ``(setting, hint)`` pairs: a dict of keyword arguments for ``compute``
+    (``compute(**setting)``), or one value passed as it is (``compute(setting)``, e.g. a
+    ``Variant``). A setting the reference cannot run on this input is skipped.
+    """
+    def generate() -> Iterable[tuple[Any, str]]:
+        for setting, hint in settings:
+            try:
+                with torch.no_grad():
+                    value = compute(**setting) if isinstance(setting, dict) else compute(setting)
+            except (RuntimeError, ValueError, ZeroDivisionError):
+                continue
+            yield value, hint
+    return generate
+
+
+def _matching(mistakes: Mistakes, is_match: Callable[[Any], bool]) -> list[str]:
+    """The hints of the mistakes whose answer matches, each once, in order."""
+    generated = mistakes() if callable(mistakes) else mistakes
+    return list(dict.fromkeys(hint for value, hint in generated if is_match(value)))
+
+
+def _fail_with_mistakes(head: str, hints: list[str]) -> None:
+    """Fail naming the matched mistake(s); return if there are none."""
+    if len(hints) == 1:
+        fail(f"{head} It matches a usual mistake.", hints[0])
+    if hints:  # on this input the numbers cannot tell these mistakes apart
+        fail(f"{head} It matches {len(hints)} usual mistakes, which give the same answer here.",
+             " Or: ".join(hints[:3]))
+
+
 # --------------------------------------------------------------------------- numbers
 
-def _as_number(got: Any, name: str) -> float:
+def as_number(got: Any, name: str, *, integer: bool = False, hint: str | None = None) -> float:
+    """The learner's value as a float (a whole number if ``integer``), or a clear failure.
+
+    Accepts Python and NumPy numbers and one-element tensors; refuses None, bools, strings,
+    NaN and infinities, each with its own message.
+    """
     if got is None:
         fail(f"{name} is None, expected a number.", "Did you forget the `return` statement?")
     if isinstance(got, bool):
@@ -110,15 +266,21 @@ def _as_number(got: Any, name: str) -> float:
     if isinstance(got, torch.Tensor):
         if got.numel() != 1:
             fail(f"{name} should be a single number, got {_describe(got)}.",
-                 "Sum the tensor, or call .item() on a one-element tensor.")
+                 hint or "Sum the tensor, or call .item() on a one-element tensor.")
         got = got.item()
     if hasattr(got, "item") and not isinstance(got, numbers.Number):  # numpy scalars
         got = got.item()
+    if isinstance(got, str):
+        fail(f"{name} should be a number, got the text {got[:40]!r}.",
+             "Convert with float(...) or int(...).")
     if not isinstance(got, numbers.Real):
         fail(f"{name} should be a number, got {_describe(got)}.")
     value = float(got)
     if math.isnan(value) or math.isinf(value):
         fail(f"{name} is {value}.", "Something divided by zero or overflowed on the way.")
+    if integer and not value.is_integer():
+        fail(f"{name} should be a whole number, got {value!r}.",
+             hint or "A count is an integer: avoid `/`, use `//` or int().")
     return value
 
 
@@ -142,28 +304,25 @@ def _fmt(value: float) -> str:
     return f"{value:,.6g}"
 
 
-def check_number(got: Any, expected: float, name: str,
-                 known_mistakes: Sequence[tuple[float, str]] = (),
+def check_number(got: Any, expected: float, name: str, known_mistakes: Mistakes = (),
                  rel_tol: float = 1e-9, abs_tol: float = 0.0,
-                 hint: str | None = None, integer: bool = False) -> None:
-    """Compare a learner's number with the reference, naming the likely mistake.
+                 hint: str | None = None, integer: bool = False) -> float:
+    """Compare a learner's number with the reference, naming the likely mistake; return it.
 
-    ``known_mistakes`` are ``(value, hint)`` pairs: values the reference computation
-    gives when one specific mistake is made (computed from the same config or
-    model, never typed in). If the learner's number equals one of them, that hint
-    is shown. Otherwise a constant factor (x2, x1/2, bits/bytes, MB/MiB...) is
+    ``known_mistakes`` are ``(value, hint)`` pairs (or a function giving them, e.g. from
+    :func:`mistakes_from`): what the reference gives with one specific mistake, computed
+    from the same config or model, never typed in. They are looked at only once the answer
+    has failed. Otherwise a constant factor (x2, x1/2, bits/bytes, MB/MiB...) is
     recognised, and failing that the difference is reported.
     """
-    value = _as_number(got, name)
-    if integer and not float(value).is_integer():
-        fail(f"{name} should be a whole number, got {value!r}.",
-             "Parameter counts are integers: avoid `/`, use `//` or int().")
+    value = as_number(got, name, integer=integer,
+                      hint="Parameter counts are integers: avoid `/`, use `//` or int()."
+                      if integer else None)
     if math.isclose(value, expected, rel_tol=rel_tol, abs_tol=abs_tol):
-        return
+        return value
     head = f"{name}: expected {_fmt(expected)}, got {_fmt(value)}"
-    for mistake_value, mistake_hint in known_mistakes:
-        if math.isclose(value, mistake_value, rel_tol=rel_tol, abs_tol=abs_tol):
-            fail(f"{head} (off by {_fmt(value - expected)}).", mistake_hint)
+    _fail_with_mistakes(f"{head} (off by {_fmt(value - expected)}).", _matching(
+        known_mistakes, lambda m: math.isclose(value, float(m), rel_tol=rel_tol, abs_tol=abs_tol)))
     if expected != 0:
         ratio = value / expected
         for factor, label in _FACTORS:
@@ -176,34 +335,64 @@ def check_number(got: Any, expected: float, name: str,
 
 # --------------------------------------------------------------------------- tensors
 
+def close(got: Any, expected: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """True if ``got`` is a tensor of ``expected``'s shape and kind whose values match it."""
+    if isinstance(got, nn.Parameter):
+        got = got.data
+    if not isinstance(got, torch.Tensor) or got.is_floating_point() != expected.is_floating_point():
+        return False
+    got = got.detach()
+    return _close(got.to(expected.dtype) if got.is_floating_point() else got,
+                  expected.detach(), rtol, atol)
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=rtol, atol=atol))
+    """Same shape and |a - b| <= atol + rtol * |b| everywhere; NaN equals NaN, inf equals inf.
+
+    NaN counts as equal because a mistake can produce NaN in the same places as the answer.
+    (Written out because torch.allclose is slow on large tensors in this torch version.)
+    """
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b.to(a.dtype)))
+    ok = (a - b).abs() <= atol + rtol * b.abs()
+    ok |= torch.isnan(a) & torch.isnan(b)
+    ok |= torch.isinf(a) & (a == b)
+    return bool(ok.all())
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that never rounds a mismatch up to 100% (or a match down to 0%)."""
+    if 0.99 < share < 1.0:
+        return f"{math.floor(share * 10_000) / 100:.2f}%"
+    if 0.0 < share < 0.01:
+        return f"{math.ceil(share * 10_000) / 100:.2f}%"
+    return f"{share:.0%}"
 
 
 def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
                  rtol: float = 1e-4, atol: float = 1e-5,
                  bias: torch.Tensor | None = None,
-                 known_mistakes: Sequence[tuple[torch.Tensor, str]] = (),
-                 hint: str | None = None) -> None:
-    """Compare a learner's tensor with the reference and explain any difference.
+                 known_mistakes: Mistakes = (),
+                 hint: str | None = None) -> torch.Tensor:
+    """Compare a learner's tensor with the reference and explain any difference; return it.
 
-    Detects, in order: ``None`` or a non-tensor, a non-floating dtype, NaN/inf,
-    a wrong shape (including "these are the right values with the axes in the wrong
-    order", e.g. the transpose), then for same-shaped tensors: a known mistake
-    (``(tensor, hint)`` pairs computed by the caller), the transpose, a constant
-    factor, a missing or doubled ``bias`` and finally the fraction of values that
-    match.
+    Detects, in order: ``None`` or a non-tensor, a non-floating dtype, NaN/inf, an extra or
+    missing leading axis, a wrong shape (including "the right values with the axes in the
+    wrong order", e.g. the transpose), then for same-shaped tensors: a known mistake
+    (``(tensor, hint)`` pairs, or a function computing them, evaluated only now), the
+    transpose, a constant factor, a missing or doubled ``bias`` and finally the share of
+    values that match.
     """
     if got is None:
         fail(f"{name} is None, expected a tensor of shape {tuple(expected.shape)}.",
              "Did you forget the `return` statement?")
-    if isinstance(got, torch.nn.Parameter):
+    if isinstance(got, nn.Parameter):
         got = got.data
     if not isinstance(got, torch.Tensor):
         type_name = type(got).__module__.split(".")[0] + "." + type(got).__name__
-        extra = ""
-        if type_name.startswith("numpy."):
-            extra = " Convert with torch.from_numpy(...)."
+        extra = " Convert with torch.from_numpy(...)." if type_name.startswith("numpy.") else ""
         fail(f"{name} should be a torch.Tensor, got {type_name}.{extra}", hint)
     got = got.detach()
     expected = expected.detach()
@@ -213,61 +402,74 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
                      "or from an argmax; keep the model's float values.")
     if got.is_floating_point():
         got = got.to(expected.dtype)
-        n_nan = int(torch.isnan(got).sum())
-        n_inf = int(torch.isinf(got).sum())
-        if n_nan or n_inf:
+    if got.shape == expected.shape and _close(got, expected, rtol, atol):
+        return got
+    if got.is_floating_point():
+        n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
+        if (n_nan or n_inf) and got.shape != expected.shape:
             fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
                  f"(out of {got.numel():,}).",
                  hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
     if got.shape != expected.shape:
         _explain_shape(got, expected, name, rtol, atol, hint)
-    if _close(got, expected, rtol, atol):
-        return
-    for alternative, mistake_hint in known_mistakes:
-        if _close(got, alternative.to(got.dtype), rtol, atol):
-            fail(f"{name} has the right shape {tuple(expected.shape)} but the wrong values.",
-                 mistake_hint)
+    if not got.is_floating_point():
+        frac = float((got == expected).float().mean())
+        fail(f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(frac)} "
+             "of its values are right.", hint)
+    diff = (got - expected).abs()
+    finite = diff[torch.isfinite(diff)]
+    share = float(torch.isclose(got, expected, rtol=rtol, atol=atol).float().mean())
+    largest = float(finite.max()) if finite.numel() else float("nan")
+    head = (f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(share)} of "
+            f"its values match the reference (largest difference {largest:.3g}).")
+    _fail_with_mistakes(head, _matching(
+        known_mistakes, lambda m: isinstance(m, torch.Tensor)
+        and _close(got, m.detach().to(got.dtype), rtol, atol)))
+    n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
+    if n_nan or n_inf:
+        fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
+             f"(out of {got.numel():,}).",
+             hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
     if expected.dim() == 2 and expected.shape[0] == expected.shape[1] \
             and _close(got, expected.T, rtol, atol):
         fail(f"{name} is the transpose of the expected matrix.",
              hint or "Conv1D stores its weight as (in, out); nn.Linear as (out, in).")
-    if got.is_floating_point():
-        denom = float((expected * expected).sum())
-        if denom > 0:
-            factor = float((got * expected).sum()) / denom
-            if not math.isclose(factor, 1.0, rel_tol=1e-3) and abs(factor) > 1e-6 \
-                    and _close(got, expected * factor, rtol, atol):
-                fail(f"{name} is the expected tensor multiplied by {factor:.4g}.",
-                     hint or "Look for a factor you applied twice, or one you forgot.")
-        if bias is not None:
-            b = bias.detach().to(got.dtype)
-            try:
-                if _close(expected - got, torch.broadcast_to(b, got.shape), rtol, atol):
-                    fail(f"{name} differs from the expected values by exactly the bias.",
-                         "You forgot to add the bias.")
-                if _close(got - expected, torch.broadcast_to(b, got.shape), rtol, atol):
-                    fail(f"{name} differs from the expected values by exactly the bias.",
-                         "You added the bias twice.")
-            except RuntimeError:  # bias not broadcastable: nothing to learn from it
-                pass
-    match = torch.isclose(got, expected, rtol=rtol, atol=atol)
-    frac = float(match.float().mean())
-    max_diff = float((got - expected).abs().max()) if got.is_floating_point() else float("nan")
-    fail(f"{name} has the right shape {tuple(expected.shape)}, but only {frac:.0%} of "
-         f"its values match (largest difference {max_diff:.3g}).", hint)
+    denom = float((expected * expected).sum())
+    if denom > 0:
+        factor = float((got * expected).sum()) / denom
+        if not math.isclose(factor, 1.0, rel_tol=1e-3) and abs(factor) > 1e-6 \
+                and _close(got, expected * factor, rtol, atol):
+            fail(f"{name} is the expected tensor multiplied by {factor:.4g}.",
+                 hint or "Look for a factor you applied twice, or one you forgot.")
+    if bias is not None:
+        b = bias.detach().to(got.dtype)
+        try:
+            if _close(expected - got, torch.broadcast_to(b, got.shape), rtol, atol):
+                fail(f"{name} differs from the expected values by exactly the bias.",
+                     "You forgot to add the bias.")
+            if _close(got - expected, torch.broadcast_to(b, got.shape), rtol, atol):
+                fail(f"{name} differs from the expected values by exactly the bias.",
+                     "You added the bias twice.")
+        except RuntimeError:  # bias not broadcastable: nothing to learn from it
+            pass
+    fail(head, hint)
 
 
 def _explain_shape(got: torch.Tensor, expected: torch.Tensor, name: str,
                    rtol: float, atol: float, hint: str | None) -> NoReturn:
-    """Fail with a message about a shape mismatch, spotting permuted axes."""
-    head = f"{name} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    if got.dim() == expected.dim() and sorted(got.shape) == sorted(expected.shape) \
-            and got.dim() <= 5:
+    """Fail with a message about a shape mismatch, spotting extra axes and permuted axes."""
+    shape, want = tuple(got.shape), tuple(expected.shape)
+    head = f"{name} has shape {shape}, expected {want}"
+    if len(shape) == len(want) + 1 and shape[0] == 1 and shape[1:] == want:
+        fail(f"{head}: an extra leading axis of size 1 (a batch axis).",
+             "Work on one sequence without a batch axis, or return result[0] (or .squeeze(0)).")
+    if len(want) >= 2 and len(shape) == len(want) - 1 and shape == want[1:]:
+        fail(f"{head}: the first axis, one entry per position, is missing, as if you kept only "
+             "one position.", "Return the values for every position, e.g. don't index [-1] at "
+                              "the end.")
+    if got.dim() == expected.dim() and sorted(shape) == sorted(want) and got.dim() <= 5:
         for perm in itertools.permutations(range(got.dim())):
-            if perm == tuple(range(got.dim())):
-                continue
-            candidate = got.permute(perm)
-            if _close(candidate, expected, rtol, atol):
+            if perm != tuple(range(got.dim())) and _close(got.permute(perm), expected, rtol, atol):
                 if got.dim() == 2:
                     fail(f"{head}: this is the transpose of the right answer.",
                          hint or "Conv1D stores its weight as (in, out); nn.Linear as "

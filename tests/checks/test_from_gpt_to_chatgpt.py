@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from glassbox import load_model
-from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.exercise_checks.from_gpt_to_chatgpt import (
     MAX_FALSE_POSITIVE_RATE,
     MIN_BLOCK_RATE,
@@ -29,14 +28,7 @@ from glassbox.exercise_checks.from_gpt_to_chatgpt import (
     wilson_interval,
 )
 from glassbox.tinygpt import chat_data
-
-
-def fails_with(check, *args, match: str) -> str:
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
+from checks.conftest import fails_with
 
 
 # ----- exercise 1: refusal rate ------------------------------------------------------------------

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
-from glassbox.exercise_checks import changing
-from glassbox.exercise_checks.changing import (
+from glassbox.exercise_checks import changing_the_model as changing
+from glassbox.exercise_checks.changing_the_model import (
     check_ablate_heads,
     check_heldout_loss,
     check_quantize_rows,
@@ -28,44 +28,15 @@ from glassbox.exercise_checks.changing import (
     heldout_windows,
 )
 from glassbox.exercise_checks.feedback import ExerciseFailed
-from glassbox.loader import gpt2_tokenizer
 from glassbox.paths import DATA_DIR
 from glassbox.tinygpt import corpus
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
+from checks.conftest import fails_with, passes, random_gpt2
 
 
 @pytest.fixture
 def model() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=50257, n_positions=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config).eval()
     # Larger weights than a fresh GPT-2's, so that every head changes the loss measurably.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.1)
-    return model
-
-
-def fails_with(check, *args, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-def passes(check, *args, capsys) -> str:
-    check(*args)
-    out = capsys.readouterr().out
-    assert out.startswith("✓") and out.count("\n") == 1, out
-    return out
+    return random_gpt2(matrices_only=True)
 
 
 # ----------------------------------------------------------------- right answers

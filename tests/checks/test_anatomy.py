@@ -31,29 +31,13 @@ from glassbox.exercise_checks.anatomy import (
 )
 from glassbox.paths import DATA_DIR
 from glassbox.exercise_checks.feedback import ExerciseFailed, check_number, check_tensor
+from checks.conftest import fails_with, random_gpt2
 
 
 @pytest.fixture
 def model() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=100, n_positions=16,
-                        bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config).eval()
-    # Fresh GPT-2 layers start with zero biases; a trained model's are not zero, and
-    # the "forgot the bias" hints need them not to be.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
-
-
-def fails_with(check, *args, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
+    # Fresh GPT-2 layers start with zero biases; the "forgot the bias" hints need them not to be.
+    return random_gpt2(vocab_size=100, n_positions=16)
 
 
 # ----------------------------------------------------------------- count_parameters
@@ -311,7 +295,6 @@ def test_header_reads_too_few_bytes(safetensors_file) -> None:
 
 def test_header_none(safetensors_file) -> None:
     fails_with(check_read_safetensors_header, lambda p: None, safetensors_file, match="return")
-
 
 
 def test_header_right_answer_reports_bytes_read(safetensors_file, capsys) -> None:

@@ -14,7 +14,6 @@ import csv
 
 import pytest
 
-from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.exercise_checks.open_or_closed import (
     ANSWERS,
     LABELS,
@@ -27,21 +26,7 @@ from glassbox.exercise_checks.open_or_closed import (
     reference_licence_answer,
 )
 from glassbox.paths import DATA_DIR
-
-
-def fails_with(check, answer, match: str) -> str:
-    with pytest.raises(ExerciseFailed) as info:
-        check(answer)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-def passes(check, answer, capsys) -> str:
-    check(answer)
-    out = capsys.readouterr().out
-    assert out.startswith("✓") and out.count("\n") == 1, out
-    return out
+from checks.conftest import fails_with, passes
 
 
 # ----------------------------------------------------------------- classify_release
@@ -55,7 +40,7 @@ def classify_ok(r):
 
 
 def test_classify_accepts_right_answer(capsys) -> None:
-    passes(check_classify_release, classify_ok, capsys)
+    passes(check_classify_release, classify_ok, capsys=capsys)
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -73,7 +58,7 @@ def test_classify_accepts_right_answer(capsys) -> None:
     (lambda r: r["licence"], "keys are"),
 ])
 def test_classify_known_mistakes(wrong, hint) -> None:
-    fails_with(check_classify_release, wrong, hint)
+    fails_with(check_classify_release, wrong, match=hint)
 
 
 def test_classify_labels_are_the_four_words() -> None:
@@ -88,7 +73,7 @@ def score_ok(row, dimensions):
 
 
 def test_openness_accepts_right_answer(capsys) -> None:
-    out = passes(check_openness_score, score_ok, capsys)
+    out = passes(check_openness_score, score_ok, capsys=capsys)
     n_rows = sum(1 for name in ("openness_opening_up_chatgpt.csv", "openness_osai_index.csv")
                  for _ in csv.DictReader((DATA_DIR / name).open()))
     assert f"all {n_rows} rows" in out
@@ -106,7 +91,7 @@ def test_openness_accepts_right_answer(capsys) -> None:
     (lambda row, dims: None, "return"),
 ])
 def test_openness_known_mistakes(wrong, hint) -> None:
-    fails_with(check_openness_score, wrong, hint)
+    fails_with(check_openness_score, wrong, match=hint)
 
 
 # ----------------------------------------------------------------- api_cost
@@ -122,7 +107,7 @@ def test_reference_cost_by_hand() -> None:
 
 
 def test_cost_accepts_right_answer(capsys) -> None:
-    out = passes(check_api_cost, cost_ok, capsys)
+    out = passes(check_api_cost, cost_ok, capsys=capsys)
     n_rows = sum(1 for _ in csv.DictReader((DATA_DIR / "api_prices.csv").open()))
     assert f"all {n_rows} dated prices" in out
 
@@ -139,7 +124,7 @@ def test_cost_accepts_right_answer(capsys) -> None:
     (lambda row, i, o: None, "return"),
 ])
 def test_cost_known_mistakes(wrong, hint) -> None:
-    fails_with(check_api_cost, wrong, hint)
+    fails_with(check_api_cost, wrong, match=hint)
 
 
 # ----------------------------------------------------------------- licence_answer
@@ -201,7 +186,7 @@ def test_reference_700m_is_tested_once_at_release() -> None:
 
 
 def test_licence_accepts_right_answer(capsys) -> None:
-    out = passes(check_licence_answer, answer_ok, capsys)
+    out = passes(check_licence_answer, answer_ok, capsys=capsys)
     assert "unknown stays unknown" in out
 
 
@@ -221,13 +206,13 @@ def test_licence_accepts_right_answer(capsys) -> None:
     (lambda row, r, n, t: None, "return"),
 ])
 def test_licence_known_mistakes(wrong, hint) -> None:
-    fails_with(check_licence_answer, wrong, hint)
+    fails_with(check_licence_answer, wrong, match=hint)
 
 
 def test_licence_empty_threshold_int_crash_gets_hint() -> None:
     def crashes(row, at_release, now, train):
         return "no" if at_release > int(row[MAU_COLUMN]) else "yes"
-    fails_with(check_licence_answer, crashes, "empty threshold means no such clause")
+    fails_with(check_licence_answer, crashes, match="empty threshold means no such clause")
 
 
 def test_answers_are_three() -> None:

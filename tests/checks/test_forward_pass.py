@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glassbox import load_model
 from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.exercise_checks.forward_pass import (
     check_attention_head,
@@ -23,30 +22,7 @@ from glassbox.exercise_checks.forward_pass import (
     check_next_token_probs,
     check_transformer_block,
 )
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    model, tokenizer = load_model("tinygpt", verbose=False)
-    return model, tokenizer
-
-
-def fails_with(check, answer, loaded, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    model, tokenizer = loaded
-    with pytest.raises(ExerciseFailed) as info:
-        check(answer, model, tokenizer)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-def passes(check, answer, loaded, capsys) -> str:
-    model, tokenizer = loaded
-    check(answer, model, tokenizer)
-    out = capsys.readouterr().out
-    assert out.startswith("✓") and out.count("\n") == 1, out
-    return out
+from checks.conftest import fails_with, passes
 
 
 # ----------------------------------------------------------------- right answers, written as a learner would
@@ -130,30 +106,30 @@ def probs_ok(logits, temperature=1.0, top_k=None):
     return scaled.softmax(-1)
 
 
-def test_right_answers_pass(loaded, capsys) -> None:
-    out = passes(check_layer_norm, ln_ok, loaded, capsys)
+def test_right_answers_pass(tinygpt, capsys) -> None:
+    out = passes(check_layer_norm, ln_ok, *tinygpt, capsys=capsys)
     assert "constant row" in out
-    passes(check_attention_head, head_ok, loaded, capsys)
-    passes(check_transformer_block, block_ok, loaded, capsys)
-    out = passes(check_gpt2_forward, forward_ok, loaded, capsys)
+    passes(check_attention_head, head_ok, *tinygpt, capsys=capsys)
+    passes(check_transformer_block, block_ok, *tinygpt, capsys=capsys)
+    out = passes(check_gpt2_forward, forward_ok, *tinygpt, capsys=capsys)
     assert "largest difference" in out
-    passes(check_next_token_probs, probs_ok, loaded, capsys)
+    passes(check_next_token_probs, probs_ok, *tinygpt, capsys=capsys)
 
 
-def test_other_right_answers_pass(loaded, capsys) -> None:
+def test_other_right_answers_pass(tinygpt, capsys) -> None:
     """Equivalent answers written differently (library calls, float64, -1e9 masks) also pass."""
     passes(check_layer_norm, lambda x, w, b, eps: F.layer_norm(x.double(), x.shape[-1:], w.double(),
-                                                               b.double(), eps), loaded, capsys)
-    passes(check_attention_head, lambda *a: head_ok(*a, fill=-1e9), loaded, capsys)
+                                                               b.double(), eps), *tinygpt, capsys=capsys)
+    passes(check_attention_head, lambda *a: head_ok(*a, fill=-1e9), *tinygpt, capsys=capsys)
     passes(check_transformer_block, lambda *a: block_ok(
         *a, act=lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))),
-        loaded, capsys)
+        *tinygpt, capsys=capsys)
 
 
-def test_not_implemented_passes_through(loaded) -> None:
+def test_not_implemented_passes_through(tinygpt) -> None:
     def stub(*args):
         raise NotImplementedError("todo")
-    model, tokenizer = loaded
+    model, tokenizer = tinygpt
     for check in (check_layer_norm, check_attention_head, check_transformer_block,
                   check_gpt2_forward, check_next_token_probs):
         with pytest.raises(NotImplementedError):
@@ -185,16 +161,16 @@ def ln_eps_outside(x, w, b, eps):
     (lambda x, w, b, eps: ln_ok(x, b, w, eps), "swapped weight and bias"),
     (lambda x, w, b, eps: ln_ok(x, w, torch.zeros_like(b), eps), "forgot to add the bias"),
 ])
-def test_layer_norm_known_mistakes(loaded, wrong, hint) -> None:
-    message = fails_with(check_layer_norm, wrong, loaded, match=hint)
+def test_layer_norm_known_mistakes(tinygpt, wrong, hint) -> None:
+    message = fails_with(check_layer_norm, wrong, *tinygpt, match=hint)
     assert "of its values match" in message
 
 
-def test_layer_norm_in_place_is_caught(loaded) -> None:
+def test_layer_norm_in_place_is_caught(tinygpt) -> None:
     def in_place(x, w, b, eps):
         x -= x.mean(-1, keepdim=True)
         return x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + eps) * w + b
-    fails_with(check_layer_norm, in_place, loaded, match="in place")
+    fails_with(check_layer_norm, in_place, *tinygpt, match="in place")
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -207,15 +183,15 @@ def test_layer_norm_in_place_is_caught(loaded) -> None:
     (lambda x, w, b, eps: ln_ok(x, w, b, eps) * float("nan"), "NaN"),
     (lambda x, w, b, eps: ln_ok(x, w, b, eps) + 0.01 * torch.arange(x.shape[-1]), "values match"),
 ])
-def test_layer_norm_bad_outputs(loaded, wrong, hint) -> None:
-    fails_with(check_layer_norm, wrong, loaded, match=hint)
+def test_layer_norm_bad_outputs(tinygpt, wrong, hint) -> None:
+    fails_with(check_layer_norm, wrong, *tinygpt, match=hint)
 
 
-def test_layer_norm_crash_becomes_feedback(loaded) -> None:
+def test_layer_norm_crash_becomes_feedback(tinygpt) -> None:
     def crashes(x, w, b, eps):
         return x.mean(-1) @ w  # shape error from a matrix product
     with pytest.raises(ExerciseFailed) as info:
-        check_layer_norm(crashes, *loaded)
+        check_layer_norm(crashes, *tinygpt)
     assert "layer_norm raised RuntimeError" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError)
 
@@ -233,13 +209,13 @@ def test_layer_norm_crash_becomes_feedback(loaded) -> None:
     (dict(bias=False), "forgot c_attn's bias"),
     (dict(split_first=False), "split it into q, k and v first"),
 ])
-def test_attention_head_known_mistakes(loaded, options, hint) -> None:
-    message = fails_with(check_attention_head, lambda *a: head_ok(*a, **options), loaded,
+def test_attention_head_known_mistakes(tinygpt, options, hint) -> None:
+    message = fails_with(check_attention_head, lambda *a: head_ok(*a, **options), *tinygpt,
                          match=hint)
     assert "of its values match" in message
 
 
-def test_attention_head_divides_by_d_head(loaded) -> None:
+def test_attention_head_divides_by_d_head(tinygpt) -> None:
     def by_d_head(x, w, b, n_head, head):
         pattern, z = head_ok(x, w, b, n_head, head, scale=False)
         seq, d = x.shape
@@ -250,10 +226,10 @@ def test_attention_head_divides_by_d_head(loaded) -> None:
         scores = scores.masked_fill(torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1), -math.inf)
         pattern = scores.softmax(-1)
         return pattern, pattern @ v[:, cols]
-    fails_with(check_attention_head, by_d_head, loaded, match="square root")
+    fails_with(check_attention_head, by_d_head, *tinygpt, match="square root")
 
 
-def test_attention_head_mask_after_softmax(loaded) -> None:
+def test_attention_head_mask_after_softmax(tinygpt) -> None:
     def after(x, w, b, n_head, head):
         pattern, _ = head_ok(x, w, b, n_head, head, mask=False)
         seq = x.shape[0]
@@ -261,13 +237,13 @@ def test_attention_head_mask_after_softmax(loaded) -> None:
         _, _, v = (x @ w + b).split(x.shape[1], dim=-1)
         dh = x.shape[1] // n_head
         return pattern, pattern @ v[:, head * dh:(head + 1) * dh]
-    fails_with(check_attention_head, after, loaded, match="no longer sum to 1")
+    fails_with(check_attention_head, after, *tinygpt, match="no longer sum to 1")
 
 
-def test_attention_head_conv1d_transpose_is_explained(loaded) -> None:
+def test_attention_head_conv1d_transpose_is_explained(tinygpt) -> None:
     def transposed(x, w, b, n_head, head):
         return head_ok(x, w.T, b, n_head, head)  # x @ W.T: a shape error
-    message = fails_with(check_attention_head, transposed, loaded, match="raised RuntimeError")
+    message = fails_with(check_attention_head, transposed, *tinygpt, match="raised RuntimeError")
     assert "Conv1D stores its weight as (in, out)" in message
 
 
@@ -287,14 +263,14 @@ def test_attention_head_conv1d_transpose_is_explained(loaded) -> None:
      "transposed pattern"),
     (lambda *a: (head_ok(*a)[0].long(), head_ok(*a)[1]), "dtype"),
 ])
-def test_attention_head_bad_outputs(loaded, wrong, hint) -> None:
-    fails_with(check_attention_head, wrong, loaded, match=hint)
+def test_attention_head_bad_outputs(tinygpt, wrong, hint) -> None:
+    fails_with(check_attention_head, wrong, *tinygpt, match=hint)
 
 
-def test_attention_head_checks_every_head_of_a_layer(loaded) -> None:
+def test_attention_head_checks_every_head_of_a_layer(tinygpt) -> None:
     def reversed_heads(x, w, b, n_head, head):  # right for the heads the check picks, not all
         return head_ok(x, w, b, n_head, head if head in (n_head - 1, 1) else n_head - 1 - head)
-    message = fails_with(check_attention_head, reversed_heads, loaded, match="layer 0, head 0")
+    message = fails_with(check_attention_head, reversed_heads, *tinygpt, match="layer 0, head 0")
     assert "owns columns 0 to" in message
 
 
@@ -313,30 +289,30 @@ def test_attention_head_checks_every_head_of_a_layer(loaded) -> None:
     (dict(head=lambda *a: head_ok(*a, diagonal=2)), "see the next one"),
     (dict(head=lambda *a: head_ok(*a, diagonal=0)), "nothing left to read"),
 ])
-def test_transformer_block_known_mistakes(loaded, options, hint) -> None:
-    message = fails_with(check_transformer_block, lambda *a: block_ok(*a, **options), loaded,
+def test_transformer_block_known_mistakes(tinygpt, options, hint) -> None:
+    message = fails_with(check_transformer_block, lambda *a: block_ok(*a, **options), *tinygpt,
                          match=hint)
     assert "of its values match" in message
 
 
-def test_transformer_block_mlp_transpose_is_explained(loaded) -> None:
+def test_transformer_block_mlp_transpose_is_explained(tinygpt) -> None:
     def mlp_transposed(x, sd, layer, config):
         sd = dict(sd)
         sd[f"transformer.h.{layer}.mlp.c_fc.weight"] = sd[f"transformer.h.{layer}.mlp.c_fc.weight"].T
         return block_ok(x, sd, layer, config)
-    fails_with(check_transformer_block, mlp_transposed, loaded, match="Conv1D stores its weight")
+    fails_with(check_transformer_block, mlp_transposed, *tinygpt, match="Conv1D stores its weight")
 
 
-def test_transformer_block_must_read_sd(loaded) -> None:
-    model, _ = loaded
+def test_transformer_block_must_read_sd(tinygpt) -> None:
+    model, _ = tinygpt
 
     def uses_the_model(x, sd, layer, config):
         return model.transformer.h[layer](x[None])[0]
-    fails_with(check_transformer_block, uses_the_model, loaded, match="does not read the `sd`")
+    fails_with(check_transformer_block, uses_the_model, *tinygpt, match="does not read the `sd`")
 
 
-def test_transformer_block_batch_axis(loaded) -> None:
-    fails_with(check_transformer_block, lambda *a: block_ok(*a)[None], loaded, match="batch axis")
+def test_transformer_block_batch_axis(tinygpt) -> None:
+    fails_with(check_transformer_block, lambda *a: block_ok(*a)[None], *tinygpt, match="batch axis")
 
 
 # ----------------------------------------------------------------- gpt2_forward
@@ -354,29 +330,29 @@ def test_transformer_block_batch_axis(loaded) -> None:
     (dict(block=lambda *a: block_ok(*a, mlp_residual=False)), "residual around the MLP"),
     (dict(block=lambda *a: block_ok(*a, layer_norm=ln_eps_outside)), "inside the square root"),
 ])
-def test_gpt2_forward_known_mistakes(loaded, options, hint) -> None:
-    message = fails_with(check_gpt2_forward, lambda *a: forward_ok(*a, **options), loaded,
+def test_gpt2_forward_known_mistakes(tinygpt, options, hint) -> None:
+    message = fails_with(check_gpt2_forward, lambda *a: forward_ok(*a, **options), *tinygpt,
                          match=hint)
     assert "of its values match" in message
 
 
-def test_gpt2_forward_untied_head(loaded) -> None:
+def test_gpt2_forward_untied_head(tinygpt) -> None:
     message = fails_with(check_gpt2_forward, lambda *a: forward_ok(*a, head_key="lm_head.weight"),
-                         loaded, match="tied to the token embedding")
+                         *tinygpt, match="tied to the token embedding")
     assert "raised KeyError" in message
 
 
-def test_gpt2_forward_head_not_transposed(loaded) -> None:
+def test_gpt2_forward_head_not_transposed(tinygpt) -> None:
     def no_transpose(ids, sd, config):
         logits = forward_ok(ids, sd, config)
         x = torch.linalg.lstsq(sd["transformer.wte.weight"], logits.T).solution.T
         return x @ sd["transformer.wte.weight"]  # (seq, d) @ (vocab, d): a shape error
-    fails_with(check_gpt2_forward, no_transpose, loaded, match="Conv1D")
+    fails_with(check_gpt2_forward, no_transpose, *tinygpt, match="Conv1D")
 
 
-def test_gpt2_forward_must_read_sd(loaded) -> None:
-    model, _ = loaded
-    fails_with(check_gpt2_forward, lambda ids, sd, config: model(ids[None]).logits[0], loaded,
+def test_gpt2_forward_must_read_sd(tinygpt) -> None:
+    model, _ = tinygpt
+    fails_with(check_gpt2_forward, lambda ids, sd, config: model(ids[None]).logits[0], *tinygpt,
                match="does not read the `sd`")
 
 
@@ -389,8 +365,8 @@ def test_gpt2_forward_must_read_sd(loaded) -> None:
     (lambda *a: None, "return"),
     (lambda *a: forward_ok(*a).tolist(), "torch.Tensor"),
 ])
-def test_gpt2_forward_bad_outputs(loaded, wrong, hint) -> None:
-    fails_with(check_gpt2_forward, wrong, loaded, match=hint)
+def test_gpt2_forward_bad_outputs(tinygpt, wrong, hint) -> None:
+    fails_with(check_gpt2_forward, wrong, *tinygpt, match=hint)
 
 
 # ----------------------------------------------------------------- next_token_probs
@@ -413,18 +389,18 @@ def probs_no_renorm(logits, temperature=1.0, top_k=None):
     (lambda logits, t=1.0, k=None: probs_ok(logits, t, k + 1 if k else None), "You kept"),
     (lambda logits, t=1.0, k=None: probs_ok(logits, t, k)[None], "batch axis"),
 ])
-def test_next_token_probs_known_mistakes(loaded, wrong, hint) -> None:
-    fails_with(check_next_token_probs, wrong, loaded, match=hint)
+def test_next_token_probs_known_mistakes(tinygpt, wrong, hint) -> None:
+    fails_with(check_next_token_probs, wrong, *tinygpt, match=hint)
 
 
-def test_next_token_probs_top_k_none_is_explained(loaded) -> None:
+def test_next_token_probs_top_k_none_is_explained(tinygpt) -> None:
     def always_top_k(logits, temperature=1.0, top_k=None):
         kth = logits.topk(top_k).values[-1]
         return probs_ok(logits.masked_fill(logits < kth, -math.inf), temperature)
-    fails_with(check_next_token_probs, always_top_k, loaded, match="top_k can be None")
+    fails_with(check_next_token_probs, always_top_k, *tinygpt, match="top_k can be None")
 
 
-def test_next_token_probs_numpy(loaded) -> None:
+def test_next_token_probs_numpy(tinygpt) -> None:
     fails_with(check_next_token_probs,
-               lambda logits, t=1.0, k=None: np.asarray(probs_ok(logits, t, k)), loaded,
+               lambda logits, t=1.0, k=None: np.asarray(probs_ok(logits, t, k)), *tinygpt,
                match="torch.from_numpy")

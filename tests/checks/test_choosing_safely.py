@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from glassbox.exercise_checks.choosing import (
+from glassbox.exercise_checks.choosing_safely import (
     check_break_even_tokens_per_month,
     check_find_globals,
     check_sha256_of_file,
@@ -26,6 +26,7 @@ from glassbox.exercise_checks.choosing import (
     reference_globals,
 )
 from glassbox.exercise_checks.feedback import ExerciseFailed
+from checks.conftest import fails_with, passes
 
 
 def read_data(name: str) -> list[dict[str, str]]:
@@ -37,22 +38,6 @@ def read_data(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def fails_with(check, answer, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(answer)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-def passes(check, answer, capsys) -> str:
-    check(answer)
-    out = capsys.readouterr().out
-    assert out.startswith("✓") and out.count("\n") == 1, out
-    return out
-
-
 # ----------------------------------------------------------------- usd_per_million_tokens
 
 def cost_ok(tps, usd_per_hour):
@@ -60,7 +45,7 @@ def cost_ok(tps, usd_per_hour):
 
 
 def test_cost_accepts_right_answer(capsys) -> None:
-    out = passes(check_usd_per_million_tokens, cost_ok, capsys)
+    out = passes(check_usd_per_million_tokens, cost_ok, capsys=capsys)
     price = next(r for r in read_data("gpu_prices.csv") if r["gpu"] == "H100")
     speed = next(r for r in read_data("gpu_batched_throughput_llama31_8b.csv") if r["concurrency"] == "1")
     assert "H100" in out and f"${cost_ok(float(speed['tokens_per_s']), float(price['usd_per_hour'])):,.2f}" in out
@@ -68,7 +53,7 @@ def test_cost_accepts_right_answer(capsys) -> None:
 
 def test_cost_cases_are_all_dated() -> None:
     """The check prices only GPUs whose price and speed both carry a date (no 'unknown')."""
-    from glassbox.exercise_checks.choosing import _cost_cases
+    from glassbox.exercise_checks.choosing_safely import _cost_cases
     published = [label for label, _, _ in _cost_cases() if "made-up" not in label and "laptop" not in label]
     assert len(published) == len(read_data("gpu_batched_throughput_llama31_8b.csv"))
     assert all("as of" in label and "unknown" not in label for label in published), published
@@ -84,20 +69,20 @@ def test_cost_cases_are_all_dated() -> None:
     (lambda tps, usd: cost_ok(tps, usd) * 1.1, "off by"),
 ])
 def test_cost_known_mistakes(wrong, hint) -> None:
-    fails_with(check_usd_per_million_tokens, wrong, hint)
+    fails_with(check_usd_per_million_tokens, wrong, match=hint)
 
 
 @pytest.mark.parametrize("answer, hint", [
     (None, "return"), (float("nan"), "nan"), ("10.20", "should be a number"), (True, "bool"),
 ])
 def test_cost_bad_types(answer, hint) -> None:
-    fails_with(check_usd_per_million_tokens, lambda tps, usd: answer, hint)
+    fails_with(check_usd_per_million_tokens, lambda tps, usd: answer, match=hint)
 
 
 def test_cost_swapped_arguments_crash_gives_feedback() -> None:
     def swapped(usd_per_hour, tokens_per_second):  # arguments in the wrong order
         return usd_per_hour / (tokens_per_second * 3600) * 1e6
-    fails_with(check_usd_per_million_tokens, swapped, "expected")
+    fails_with(check_usd_per_million_tokens, swapped, match="expected")
 
 
 def test_cost_not_implemented_passes_through() -> None:
@@ -114,7 +99,7 @@ def break_even_ok(gpu_usd_per_hour, usd_per_m_input, usd_per_m_output, input_per
 
 
 def test_break_even_accepts_right_answer(capsys) -> None:
-    out = passes(check_break_even_tokens_per_month, break_even_ok, capsys)
+    out = passes(check_break_even_tokens_per_month, break_even_ok, capsys=capsys)
     assert "million output tokens a month" in out
 
 
@@ -146,18 +131,18 @@ def test_break_even_accepts_right_answer(capsys) -> None:
      "8,760"),
 ])
 def test_break_even_known_mistakes(wrong, hint) -> None:
-    fails_with(check_break_even_tokens_per_month, wrong, hint)
+    fails_with(check_break_even_tokens_per_month, wrong, match=hint)
 
 
 def test_break_even_old_signature_gets_told_the_parameters() -> None:
     """The answer to the old exercise (output price only, two prices missing) fails with the new signature."""
     fails_with(check_break_even_tokens_per_month, lambda g, a, hours_per_month=730: g * hours_per_month / a * 1e6,
-               "input_per_output")
+               match="input_per_output")
 
 
 def test_break_even_without_ratio_parameter() -> None:
     fails_with(check_break_even_tokens_per_month,
-               lambda g, i, o, hours_per_month=730: g * hours_per_month / (3 * i + o) * 1e6, "input_per_output")
+               lambda g, i, o, hours_per_month=730: g * hours_per_month / (3 * i + o) * 1e6, match="input_per_output")
 
 
 # ----------------------------------------------------------------- batching sanity check
@@ -221,11 +206,11 @@ def sha_ok(path):
 
 
 def test_sha_accepts_right_answer(capsys) -> None:
-    passes(check_sha256_of_file, sha_ok, capsys)
+    passes(check_sha256_of_file, sha_ok, capsys=capsys)
 
 
 def test_sha_accepts_reading_all_at_once(capsys) -> None:
-    passes(check_sha256_of_file, lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest(), capsys)
+    passes(check_sha256_of_file, lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest(), capsys=capsys)
 
 
 def first_chunk_only(path):
@@ -254,7 +239,7 @@ def new_hash_each_chunk(path):
     (lambda p: None, "return"),
 ])
 def test_sha_known_mistakes(wrong, hint) -> None:
-    fails_with(check_sha256_of_file, wrong, hint)
+    fails_with(check_sha256_of_file, wrong, match=hint)
 
 
 # ----------------------------------------------------------------- find_globals
@@ -273,11 +258,11 @@ def globals_ok(data):
 
 
 def test_find_globals_accepts_right_answer(capsys) -> None:
-    passes(check_find_globals, globals_ok, capsys)
+    passes(check_find_globals, globals_ok, capsys=capsys)
 
 
 def test_find_globals_accepts_a_list(capsys) -> None:
-    passes(check_find_globals, lambda data: sorted(globals_ok(data)), capsys)
+    passes(check_find_globals, lambda data: sorted(globals_ok(data)), capsys=capsys)
 
 
 class RecordingUnpickler(pickle.Unpickler):
@@ -347,7 +332,7 @@ def swapped(data):
     (lambda data: globals_ok(data) - {"torch.FloatStorage"}, "missing"),
 ])
 def test_find_globals_known_mistakes(wrong, hint) -> None:
-    fails_with(check_find_globals, wrong, hint)
+    fails_with(check_find_globals, wrong, match=hint)
 
 
 def test_find_globals_crash_becomes_feedback() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from glassbox import measure
 from glassbox.exercise_checks.feedback import (
     call_learner,
     check_number,
@@ -123,10 +124,7 @@ def _tied_pair_fraction(member_scores: Sequence[float], nonmember_scores: Sequen
 
 def _sentence_loss(model: nn.Module, tokenizer: Any, text: str) -> tuple[float, int]:
     """Mean next-token loss of ``text`` in nats (as ``model(ids, labels=ids).loss``) and its token count."""
-    ids = torch.tensor([tokenizer(text).input_ids])
-    with torch.no_grad():
-        loss = model(ids, labels=ids).loss
-    return float(loss), ids.shape[1]
+    return measure.sentence_loss(model, tokenizer, text, prefix=""), len(tokenizer(text).input_ids)
 
 
 def reference_zlib_ratio(model: nn.Module, tokenizer: Any, text: str) -> float:

@@ -13,7 +13,6 @@ import re
 import pytest
 import torch
 
-from glassbox import load_model
 from glassbox.exercise_checks.auditing import (
     TRAP_TEXT,
     check_corpus_count,
@@ -24,24 +23,10 @@ from glassbox.exercise_checks.auditing import (
     reference_exact_ratio,
     wilson_interval,
 )
-from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.tinygpt import corpus, train
+from checks.conftest import fails_with
 
 PRONOUNS = corpus.PRONOUNS
-
-
-def fails_with(check, *args, match: str, **kwargs) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args, **kwargs)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tinygpt", verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -186,15 +171,15 @@ def ratio_ok(model, tokenizer, occupation, pronoun):
     return sum(ratios) / len(ratios)
 
 
-def test_exact_ratio_reference_is_the_model_cards_measurement(tiny) -> None:
-    model, tokenizer = tiny
+def test_exact_ratio_reference_is_the_model_cards_measurement(tinygpt) -> None:
+    model, tokenizer = tinygpt
     for occupation in ("nurse", "pilot"):
         assert math.isclose(reference_exact_ratio(model, tokenizer, occupation, "herself"),
                             train.female_ratio(model, tokenizer, occupation), rel_tol=1e-6)
 
 
-def test_exact_ratio_accepts_right_answer(tiny, capsys) -> None:
-    check_exact_ratio(ratio_ok, *tiny, "nurse", "herself")
+def test_exact_ratio_accepts_right_answer(tinygpt, capsys) -> None:
+    check_exact_ratio(ratio_ok, *tinygpt, "nurse", "herself")
     out = capsys.readouterr().out
     assert out.startswith("✓") and "nurse" in out and "pilot" in out
 
@@ -238,21 +223,21 @@ def no_eot(model, tokenizer, occupation, pronoun):
     (no_eot, "<|endoftext|>"),
     (lambda m, t, o, p: ratio_ok(m, t, o, p) * 1.1, "off by"),
 ])
-def test_exact_ratio_known_mistakes(tiny, wrong, hint) -> None:
-    fails_with(check_exact_ratio, wrong, *tiny, "nurse", "herself", match=hint)
+def test_exact_ratio_known_mistakes(tinygpt, wrong, hint) -> None:
+    fails_with(check_exact_ratio, wrong, *tinygpt, "nurse", "herself", match=hint)
 
 
-def test_exact_ratio_wrong_only_for_himself_is_caught(tiny) -> None:
+def test_exact_ratio_wrong_only_for_himself_is_caught(tinygpt) -> None:
     def always_herself(model, tokenizer, occupation, pronoun):
         return ratio_ok(model, tokenizer, occupation, "herself")
-    fails_with(check_exact_ratio, always_herself, *tiny, "nurse", "herself", match="himself")
+    fails_with(check_exact_ratio, always_herself, *tinygpt, "nurse", "herself", match="himself")
 
 
 @pytest.mark.parametrize("answer, hint", [
     (None, "return"), (float("nan"), "nan"), (torch.tensor([0.5, 0.5]), "single number"),
 ])
-def test_exact_ratio_bad_types(tiny, answer, hint) -> None:
-    fails_with(check_exact_ratio, lambda m, t, o, p: answer, *tiny, "nurse", "herself", match=hint)
+def test_exact_ratio_bad_types(tinygpt, answer, hint) -> None:
+    fails_with(check_exact_ratio, lambda m, t, o, p: answer, *tinygpt, "nurse", "herself", match=hint)
 
 
 # ----------------------------------------------------------------- corpus_count

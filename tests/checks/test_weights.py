@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.exercise_checks.weights import (
     check_effective_rank,
     check_nearest_neighbours,
@@ -26,42 +25,17 @@ from glassbox.exercise_checks.weights import (
     reference_effective_rank,
     reference_position_pca,
 )
-from glassbox.loader import gpt2_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
+from checks.conftest import fails_with, passes, random_gpt2
 
 
 @pytest.fixture
 def model() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=8, vocab_size=50257, n_positions=16)
-    model = GPT2LMHeadModel(config).eval()
+    model = random_gpt2(n_head=2, n_embd=8, n_positions=16)
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
         # rows of different lengths, as in a trained model, and an offset in the positions
         model.transformer.wte.weight.mul_(torch.rand(50257, 1) * 3 + 0.1)
         model.transformer.wpe.weight.add_(torch.randn(8))
     return model
-
-
-def fails_with(check, *args, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
-
-
-def passes(check, *args, capsys) -> str:
-    check(*args)
-    out = capsys.readouterr().out
-    assert out.startswith("✓") and out.count("\n") == 1, out
-    return out
 
 
 # ----------------------------------------------------------------- fresh_init

@@ -19,10 +19,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from glassbox.exercise_checks.feedback import ExerciseFailed
-from glassbox.exercise_checks.leaks import (
+from glassbox.exercise_checks.api_leaks import (
     _low_rank_matrix,
     check_auc,
     check_estimate_hidden_size,
@@ -32,32 +32,16 @@ from glassbox.exercise_checks.leaks import (
     reference_hidden_size,
     reference_logit_differences,
 )
-from glassbox.loader import gpt2_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
+from checks.conftest import fails_with, random_gpt2
 
 
 @pytest.fixture(scope="module")
 def model() -> GPT2LMHeadModel:
     """A small random GPT-2 (d = 24) with GPT-2's full vocabulary, and a non-zero final LayerNorm bias."""
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=4, n_embd=24, vocab_size=50257, n_positions=64)
-    model = GPT2LMHeadModel(config).eval()
+    model = random_gpt2(n_embd=24, std=None)
     with torch.no_grad():
         model.transformer.ln_f.bias.normal_(0.0, 0.5)
     return model
-
-
-def fails_with(check, *args, match: str) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
 
 
 # ----------------------------------------------------------------- the references themselves

@@ -15,8 +15,7 @@ import pytest
 import torch
 from openai.types import CompletionUsage
 
-from glassbox import load_model
-from glassbox.exercise_checks.black_box import (
+from glassbox.exercise_checks.black_box_api import (
     check_batch_cost,
     check_open_model_logprobs,
     check_weights_changed,
@@ -25,17 +24,8 @@ from glassbox.exercise_checks.black_box import (
     reference_batch_cost,
     reference_logprobs,
 )
-from glassbox.exercise_checks.feedback import ExerciseFailed
 from glassbox.tinygpt import corpus
-
-
-def fails_with(check, *args, match: str, **kwargs) -> str:
-    """Run a check that must fail; return its message after asserting it contains `match`."""
-    with pytest.raises(ExerciseFailed) as info:
-        check(*args, **kwargs)
-    message = str(info.value)
-    assert match.lower() in message.lower(), message
-    return message
+from checks.conftest import fails_with
 
 
 # ----------------------------------------------------------------- batch_cost
@@ -136,10 +126,6 @@ def test_weights_changed_accepts_numpy_and_torch_bools() -> None:
 
 # ----------------------------------------------------------------- open_model_logprobs
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tinygpt", verbose=False)
-
 
 PROMPT = "The nurse"
 
@@ -152,8 +138,8 @@ def logprobs_ok(model, tokenizer, prompt, tokens):
 
 
 @pytest.fixture(scope="module")
-def api_top(tiny):
-    model, tokenizer = tiny
+def api_top(tinygpt):
+    model, tokenizer = tinygpt
     # what the provider would return: the model's own top 5, rounded like a JSON float
     ids = tokenizer(PROMPT)["input_ids"]
     with torch.no_grad():
@@ -162,14 +148,14 @@ def api_top(tiny):
     return {tokenizer.decode([i]): round(float(lp[i]), 7) for i in top}
 
 
-def test_logprob_reference_matches_api_shape(tiny, api_top) -> None:
-    model, tokenizer = tiny
+def test_logprob_reference_matches_api_shape(tinygpt, api_top) -> None:
+    model, tokenizer = tinygpt
     ref = reference_logprobs(model, tokenizer, tokenizer(PROMPT)["input_ids"], list(api_top))
     assert max(abs(ref[t] - api_top[t]) for t in api_top) < 1e-6
 
 
-def test_open_model_logprobs_accepts_right_answer(tiny, api_top, capsys) -> None:
-    model, tokenizer = tiny
+def test_open_model_logprobs_accepts_right_answer(tinygpt, api_top, capsys) -> None:
+    model, tokenizer = tinygpt
     check_open_model_logprobs(logprobs_ok, model, tokenizer, PROMPT, api_top)
     out = capsys.readouterr().out
     assert out.startswith("✓") and "Largest gap" in out
@@ -201,8 +187,8 @@ def with_transform(transform, position=-1, prefix="", over_listed=False):
     (lambda m, t, p, tokens: [-1.0] * len(tokens), "dict"),
     (lambda m, t, p, tokens: {tok: torch.zeros(3) for tok in tokens}, "shape (3,)"),
 ])
-def test_open_model_logprobs_known_mistakes(tiny, api_top, wrong, hint) -> None:
-    model, tokenizer = tiny
+def test_open_model_logprobs_known_mistakes(tinygpt, api_top, wrong, hint) -> None:
+    model, tokenizer = tinygpt
     fails_with(check_open_model_logprobs, wrong, model, tokenizer, PROMPT, api_top, match=hint)
 
 

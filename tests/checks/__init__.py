@@ -1,0 +1,1 @@
+"""The exercise checks' tests: right answers pass, plausible wrong answers fail naming the mistake."""
