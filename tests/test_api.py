@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from glassbox.api import EndpointError, open_endpoint
-from glassbox.provider import start_provider
+from test_provider_shared import shared_provider
 
 API_VARIABLES = ("GLASSBOX_API_BASE", "GLASSBOX_API_KEY", "GLASSBOX_API_MODEL", "GLASSBOX_REAL_API",
                  "OPENAI_API_KEY")
@@ -25,10 +25,10 @@ def clean_api_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def other_server():
-    """A provider running on its own, as a teacher's server would."""
-    with start_provider("tinygpt") as provider:
-        yield provider
+def other_server(request):
+    """A provider running in its own process, as a teacher's server would (the one the API tests
+    share, started once per test worker)."""
+    return shared_provider(request)
 
 
 def closed_port() -> int:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from glassbox.api import open_endpoint
-from glassbox.provider import start_provider
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fake_llamacpp  # noqa: E402
+from test_provider_shared import shared_provider  # noqa: E402
 
 API_VARIABLES = ("GLASSBOX_API_BASE", "GLASSBOX_API_KEY", "GLASSBOX_API_MODEL", "GLASSBOX_REAL_API",
                  "OPENAI_API_KEY")
@@ -32,9 +32,9 @@ def clean_api_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def course_provider():
-    with start_provider("tinygpt") as provider:
-        yield provider
+def course_provider(request):
+    """The provider the API tests share, started once per test worker."""
+    return shared_provider(request)
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ import torch
 from glassbox.loader import load_model
 from glassbox.provider.chat import TURN_STOPS, format_chat
 from glassbox.provider.variants import quantise_int8_, system_fingerprint, weights_digest
+from test_provider_shared import shared_provider
 
 PROMPT = "Once upon a time, the nurse"
 LOGPROBS = ["message.output_text.logprobs"]
@@ -25,11 +26,9 @@ STREAM_END = ["response.output_text.done", "response.content_part.done", "respon
 
 
 @pytest.fixture(scope="module")
-def provider():
-    from glassbox.provider import start_provider
-
-    with start_provider("tinygpt", n_keys=2) as handle:
-        yield handle
+def provider(request):
+    """The provider the API tests share (TinyGPT, 4 keys), started once per test worker."""
+    return shared_provider(request)
 
 
 @pytest.fixture(scope="module")
