@@ -25,6 +25,7 @@ from openai.types import CompletionUsage
 
 from glassbox.exercise_checks.feedback import (
     ExerciseFailed,
+    as_number,
     call_learner,
     check_number,
     check_type,
@@ -89,6 +90,8 @@ def _cost_mistakes(usages: Sequence[Any], price: Mapping[str, Any]) -> list[tupl
          "The table's prices are per MILLION tokens: divide by 1,000,000, not 1,000."),
         (prompt * p_in + completion * p_out, "The table's prices are per million tokens: "
                                              "divide by 1,000,000."),
+        ((prompt * p_in + completion * p_out) / 1e6 / max(len(usages), 1),
+         "That is the average cost of one call: the batch costs the sum over all its calls."),
     ]
 
 
@@ -121,9 +124,8 @@ def check_batch_cost(batch_cost: Callable[..., Any], usages: Sequence[Any],
         expected = reference_batch_cost(batch, row)
         got = call_learner(batch_cost, list(batch), row, name="batch_cost",
                            hints={AttributeError: _USAGE_HINT, TypeError: _USAGE_HINT})
-        mistakes = [(v, h) for v, h in _cost_mistakes(batch, row)
-                    if not math.isclose(v, expected, rel_tol=1e-9, abs_tol=1e-15)]
-        check_number(got, expected, f"batch_cost for {label}", known_mistakes=mistakes,
+        check_number(got, expected, f"batch_cost for {label}",
+                     known_mistakes=lambda: _cost_mistakes(batch, row),
                      rel_tol=1e-9, abs_tol=1e-15,
                      hint="cost = (sum of prompt_tokens × input price + sum of completion_tokens "
                           "× output price) / 1,000,000.")
@@ -230,8 +232,10 @@ def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *
     TinyGPT, whatever model the notebook uses: a rate limit counts requests, not weights.
     It uses up the limit, then checks that the wrapper returns a successful call's result
     at once; retries a rate-limited request exactly ``max_retries`` times and then
-    re-raises the RateLimitError; waits at least ``retry-after`` seconds and at least
-    ``base_delay * 2**attempt`` (exponential backoff); re-raises other errors (a wrong key,
+    re-raises the RateLimitError; before each retry waits exactly max(that 429's
+    ``retry-after``, ``base_delay * 2**attempt``) seconds (to 1e-6 s, once with a base delay
+    below retry-after and once above it, so that an exponent one too high, a sum instead of the
+    maximum or a linear growth each miss); re-raises other errors (a wrong key,
     a prompt too long) at once; and, really waiting, gets through once the limit allows.
     While the check runs, its ``sleep`` records the delays; only the last case really sleeps.
     """
@@ -258,9 +262,58 @@ def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *
             stack.callback(provider.set_limits, rpm=None)
         client = stack.enter_context(provider.client(max_retries=0))
         waits = _backoff_cases(with_backoff, provider, client, rpm)
-    passed(f"with_backoff: honours retry-after and doubles its wait, stops after max_retries and "
-           f"re-raises the 429, re-raises a 401 and a 400 at once, and got through the provider's "
-           f"real rate limit ({rpm} requests per minute) after {waits} wait(s).")
+    passed(f"with_backoff: before each of 3 retries it waited max(retry-after, base_delay × 2^attempt) "
+           f"seconds (to the microsecond, with a base delay below and one above retry-after), "
+           f"stopped after max_retries and re-raised the 429, re-raised a 401 and a 400 at once, "
+           f"and got through the provider's real rate limit ({rpm} requests per minute) after "
+           f"{waits} wait(s).")
+
+
+def _wait_variants(retry_afters: list[float], base_delay: float) -> list[tuple[list[float], str]]:
+    """The waits of the usual back-off mistakes, each with its hint."""
+    n = len(retry_afters)
+    return [
+        ([max(r, base_delay * 2 ** (i + 1)) for i, r in enumerate(retry_afters)],
+         "Your exponent is one too high: before the first retry (attempt 0) wait base_delay × 2^0 "
+         "= base_delay, then 2×, 4× it."),
+        ([r + base_delay * 2 ** i for i, r in enumerate(retry_afters)],
+         "You added retry-after and the back-off. Wait the larger of the two: "
+         "max(retry_after, base_delay * 2 ** attempt)."),
+        ([base_delay * 2 ** i for i in range(n)],
+         "You ignored retry-after: the server says how long to wait. Wait at least that long: "
+         "max(retry_after, base_delay * 2 ** attempt)."),
+        ([max(retry_afters[0], base_delay * 2 ** i) for i in range(n)],
+         "You read retry-after from the first 429 only: each 429 brings its own; read it from the "
+         "error you just caught."),
+        ([max(r, base_delay) for r in retry_afters],
+         "The wait must double after each failure (exponential backoff): base_delay × 2^attempt."),
+        ([max(r, base_delay * (i + 1)) for i, r in enumerate(retry_afters)],
+         "That wait grows linearly (base_delay × (attempt + 1)); exponential backoff doubles it: "
+         "base_delay × 2^attempt."),
+    ]
+
+
+def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_delay: float,
+                 case: str) -> None:
+    """Each wait must be max(that 429's retry-after, base_delay * 2**attempt), to 1e-6 s."""
+    retry_afters = [_retry_after(e) for e in errors][:len(delays)]
+    expected = [max(r, base_delay * 2 ** i) for i, r in enumerate(retry_afters)]
+
+    def same(got: list[float], want: list[float]) -> bool:
+        return len(got) == len(want) and all(math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-6)
+                                             for g, w in zip(got, want))
+
+    if same(delays, expected):
+        return
+    head = (f"{case}, with_backoff waited {[round(d, 4) for d in delays]} s before its retries; the "
+            f"429s said retry-after {[round(r, 4) for r in retry_afters]} s, so the waits should be "
+            f"{[round(e, 4) for e in expected]} s.")
+    for waits, hint in _wait_variants(retry_afters, base_delay):
+        if not same(waits, expected) and same(delays, waits):
+            fail(head, hint)
+    fail(head, "Before retry number attempt + 1 (attempt = 0, 1, 2, ...), wait exactly "
+               "max(retry_after, base_delay * 2 ** attempt) seconds, with retry_after = "
+               "float(error.response.headers['retry-after']) of the error you just caught.")
 
 
 def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: openai.OpenAI,
@@ -312,30 +365,16 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
     if len(sleep.delays) != 3:
         fail(f"with_backoff slept {len(sleep.delays)} times for 3 retries; expected 3 "
              "(once before each retry, not after the last failure).")
-    # 2. honours retry-after (it is larger than the tiny base delay here)
-    for attempt, (delay, error) in enumerate(zip(sleep.delays, request.errors)):
-        wanted = _retry_after(error)
-        if delay < wanted - 1e-9:
-            fail(f"Before retry {attempt + 1} with_backoff waited {delay:g} s, but the 429 said "
-                 f"retry-after: {wanted:g} s.",
-                 "Read error.response.headers['retry-after'] (seconds, as a string) and wait "
-                 "at least that long: max(retry_after, base_delay * 2 ** attempt).")
-
-    # 3. exponential backoff when base_delay * 2**attempt exceeds retry-after
+    # 2. with a tiny base delay, every wait is that 429's own retry-after (max wins)
+    _check_waits(sleep.delays, request.errors, base_delay=0.001,
+                 case="With base_delay=0.001 s (smaller than every retry-after)")
+    # 3. with a base delay 10 x larger than retry-after, the waits are base_delay * 2**attempt
     base = 10 * max(_retry_after(e) for e in request.errors) + 1.0
     request, sleep, _, raised = fake_sleep_case(max_retries=3, base_delay=base)
-    expected = [base * 2 ** i for i in range(3)]
     if len(sleep.delays) != 3:
         fail(f"with_backoff slept {len(sleep.delays)} times for max_retries=3; expected 3.")
-    for delay, floor in zip(sleep.delays, expected):
-        if delay < floor * (1 - 1e-9) or delay > 2 * floor:
-            constant = all(math.isclose(d, sleep.delays[0], rel_tol=1e-6) for d in sleep.delays)
-            fail(f"With base_delay={base:g} s, with_backoff waited "
-                 f"{[round(d, 3) for d in sleep.delays]} s; expected "
-                 f"{[round(e, 3) for e in expected]} s (base_delay × 2^attempt).",
-                 "The wait must double after each failure (exponential backoff)."
-                 if constant else "Wait max(retry_after, base_delay * 2 ** attempt), with "
-                                  "attempt = 0 before the first retry.")
+    _check_waits(sleep.delays, request.errors, base_delay=base,
+                 case=f"With base_delay={base:g} s (larger than every retry-after)")
 
     # 4. other errors are re-raised at once, without retrying. The key is rate-limited after the
     # cases above, and a rate-limited key gets 429 before its prompt is read: wait until it can
@@ -413,7 +452,8 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
     if repeat is not None and not reference_weights_changed(before, repeat):
         cases.append(("the same request sent twice to the same weights", before, repeat, 1e-3,
                       "Unchanged weights must give False."))
-    if after is not None and reference_weights_changed(before, after):
+    swap = after is not None and reference_weights_changed(before, after)
+    if swap:
         cases.append(("the same request before and after the operator's swap", before, after, 1e-3,
                       "The swap changed these logprobs: compare every token's logprob."))
     cases += [
@@ -435,6 +475,24 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
         ("one logprob moved by 0.05 with tol=0.1", before, moved(5e-2), 0.1,
          "Use the tol argument, not a hard-coded tolerance."),
     ]
+    # Made-up top-k dicts whose values are exact in binary, so that only the named distinction
+    # decides: absolute against relative change, every token against sums or extremes, > against >=.
+    made = {" a": -0.0078125, " b": -1.5, " c": -2.25, " d": -3.0, " e": -24.0}
+    cases += [
+        ("a likely token (logprob -0.0078) moved by 0.0005, below tol=0.001", made,
+         {**made, " a": -0.0083125}, 1e-3,
+         "tol is an absolute tolerance on the logprob: abs(a - b) > tol, not abs(a - b) / abs(a)."),
+        ("an unlikely token (logprob -24) moved by 0.015625, above tol=0.001", made,
+         {**made, " e": -23.984375}, 1e-3,
+         "tol is an absolute tolerance on the logprob: abs(a - b) > tol, not abs(a - b) / abs(a)."),
+        ("two logprobs moved by 0.25 in opposite directions", made,
+         {**made, " b": -1.25, " c": -2.5}, 1e-3,
+         "Changes in opposite directions cancel in a sum or a mean: compare token by token."),
+        ("a token in the middle of the list moved by 0.25", made, {**made, " c": -2.0}, 1e-3,
+         "Compare every token's logprob, not only the largest and the smallest."),
+        ("one logprob moved by exactly tol (0.125 with tol=0.125)", made, {**made, " d": -2.875},
+         0.125, "'Moved by more than tol' is abs(a - b) > tol: a change of exactly tol is not enough."),
+    ]
     for label, a, b, tol, hint in cases:
         expected = reference_weights_changed(a, b, tol)
         got = call_learner(weights_changed, dict(a), dict(b), tol=tol, name="weights_changed",
@@ -449,9 +507,11 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
                        hint="Return True or False (a comparison gives a bool).")
         if got != expected:
             fail(f"weights_changed returned {got} for {label}; expected {expected}.", hint)
-    swap = " and detects the operator's real swap" if after is not None and len(cases) > 7 else ""
-    passed(f"weights_changed: right on {len(cases)} cases{swap}: order, noise below tol, changes "
-           "up and down, a token replaced or dropped, and a custom tol.")
+    swap_text = " (the operator's swap in your `after` included)" if swap else ""
+    passed(f"weights_changed: right on {len(cases)} cases{swap_text}: order, noise below tol, "
+           "changes up and down, in the middle of the list and in opposite directions, an absolute "
+           "(not relative) tolerance, a change of exactly tol, a token replaced or dropped, and a "
+           "custom tol.")
 
 
 # --------------------------------------------------------------------------- exercise 4
@@ -503,7 +563,7 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
         ids = tokenizer(case_prompt)["input_ids"]
         expected = reference_logprobs(model, tokenizer, ids, case_tokens)
         got = call_learner(open_model_logprobs, model, tokenizer, case_prompt, list(case_tokens),
-                           name="open_model_logprobs")
+                           name="open_model_logprobs", model=model)
         check_type(got, dict, f"open_model_logprobs for {label}",
                    hint="Return a dict {token: logprob}, one entry per token you were given.")
         if set(got) != set(case_tokens):
@@ -512,7 +572,8 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
             fail(f"open_model_logprobs for {label} should have one entry per token given; "
                  f"missing {missing[:3]}, extra {extra[:3]}.",
                  "Use the token strings exactly as given (with their leading space) as keys.")
-        values = {t: _float_value(got[t], f"open_model_logprobs(...)[{t!r}] for {label}")
+        values = {t: as_number(got[t], f"open_model_logprobs(...)[{t!r}] for {label}",
+                               hint="Index the log-probabilities with one token id, then call .item().")
                   for t in case_tokens}
         if all(math.isclose(values[t], expected[t], abs_tol=1e-4) for t in case_tokens):
             if label == "the API's prompt":
@@ -534,22 +595,6 @@ def _roundtrip(tokenizer: Any, ranked: list[int], start: int, count: int) -> lis
             if len(found) == count:
                 break
     return found
-
-
-def _float_value(value: Any, name: str) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            fail(f"{name} is a tensor of shape {tuple(value.shape)}; expected one number.",
-                 "Index the log-probabilities with one token id, then call .item().")
-        value = value.item()
-    if hasattr(value, "item") and not isinstance(value, (int, float)):
-        value = value.item()
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(f"{name} should be a number, got {value!r:.40}.")
-    value = float(value)
-    if math.isnan(value):
-        fail(f"{name} is NaN.", "Look for a log of zero or a division by zero.")
-    return value
 
 
 def _explain_logprobs(values: dict[str, float], expected: dict[str, float], model: Any,

@@ -93,7 +93,7 @@ def test_weights_changed_accepts_right_answer(capsys) -> None:
     after = {t: v + 0.02 for t, v in BEFORE.items()}
     check_weights_changed(changed_ok, BEFORE, dict(BEFORE), after)
     out = capsys.readouterr().out
-    assert out.startswith("✓") and "real swap" in out
+    assert out.startswith("✓") and "the operator's swap in your `after` included" in out
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -330,3 +330,126 @@ def test_backoff_probe_needs_no_provider() -> None:
     fails_with(check_with_backoff, lambda request, max_retries=4, base_delay=0.5, sleep=None: None,
                match="returned None")
     fails_with(check_with_backoff, lambda request: request(), match="keep those keyword arguments")
+
+
+# ----------------------------------------------------------------- catalogue of wrong answers (issue 16)
+# Each answer below passed the checks before issue 16 (or failed without naming its mistake).
+
+def cost_per_call(usages, price):
+    return cost_ok(usages, price) / len(usages) if usages else 0.0
+
+
+def cost_rounded_to_a_cent(usages, price):
+    return round(cost_ok(usages, price), 2)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (cost_per_call, "average cost of one call"),
+    (cost_rounded_to_a_cent, "off by"),
+])
+def test_batch_cost_catalogue(wrong, hint) -> None:
+    fails_with(check_batch_cost, wrong, USAGES, match=hint)
+
+
+def changed_relative(a, b, tol=1e-3):
+    return set(a) != set(b) or any(abs(a[t] - b[t]) / abs(a[t]) > tol for t in a)
+
+
+def changed_sum(a, b, tol=1e-3):
+    return set(a) != set(b) or abs(sum(a.values()) - sum(b.values())) > tol
+
+
+def changed_extremes(a, b, tol=1e-3):
+    return set(a) != set(b) or abs(max(a.values()) - max(b.values())) > tol \
+        or abs(min(a.values()) - min(b.values())) > tol
+
+
+def changed_at_tol(a, b, tol=1e-3):
+    return set(a) != set(b) or any(abs(a[t] - b[t]) >= tol for t in a)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (changed_relative, "absolute tolerance"),
+    (changed_sum, "opposite directions"),
+    (changed_extremes, "opposite directions"),
+    (changed_at_tol, "exactly tol is not enough"),
+])
+def test_weights_changed_catalogue(wrong, hint) -> None:
+    fails_with(check_weights_changed, wrong, BEFORE, dict(BEFORE), match=hint)
+
+
+def test_weights_changed_claims_the_swap_only_when_it_was_checked(capsys) -> None:
+    """An `after` that did not change (the swap was invisible) is not checked, so not claimed."""
+    check_weights_changed(changed_ok, BEFORE, dict(BEFORE), dict(BEFORE))
+    assert "swap" not in capsys.readouterr().out
+    check_weights_changed(changed_ok, BEFORE, dict(BEFORE), {t: v + 0.02 for t, v in BEFORE.items()})
+    assert "the operator's swap in your `after` included" in capsys.readouterr().out
+
+
+def logprobs_in_training_mode(model, tokenizer, prompt, tokens):
+    model.train()
+    return logprobs_ok(model, tokenizer, prompt, tokens)
+
+
+def logprobs_leaving_gradients(model, tokenizer, prompt, tokens):
+    ids = tokenizer(prompt)["input_ids"]
+    logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], dim=-1)
+    logprobs.max().backward()
+    return {t: float(logprobs[tokenizer(t)["input_ids"][0]]) for t in tokens}
+
+
+def logprobs_in_half_precision(model, tokenizer, prompt, tokens):
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].half().float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return {t: float(logprobs[tokenizer(t)["input_ids"][0]]) for t in tokens}
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (logprobs_in_training_mode, "training mode"),
+    (logprobs_leaving_gradients, "left gradients"),
+    (logprobs_in_half_precision, "you gave"),
+])
+def test_open_model_logprobs_catalogue(tinygpt, api_top, wrong, hint) -> None:
+    model, tokenizer = tinygpt
+    try:
+        fails_with(check_open_model_logprobs, wrong, model, tokenizer, PROMPT, api_top, match=hint)
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+
+
+def _backoff(wait):
+    def with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+        for attempt in range(max_retries + 1):
+            try:
+                return request()
+            except openai.RateLimitError as error:
+                if attempt == max_retries:
+                    raise
+                sleep(wait(float(error.response.headers.get("retry-after", 0)), base_delay, attempt))
+    return with_backoff
+
+
+@pytest.mark.parametrize("wait, hint", [
+    (lambda retry_after, base, attempt: max(retry_after, base * 2 ** (attempt + 1)), "exponent is one too high"),
+    (lambda retry_after, base, attempt: retry_after + base * 2 ** attempt, "added retry-after and the back-off"),
+    (lambda retry_after, base, attempt: max(retry_after, base * (attempt + 1)), "grows linearly"),
+    (lambda retry_after, base, attempt: max(retry_after, base * 2 ** attempt) * 1.9, "wait exactly"),
+])
+def test_backoff_catalogue(provider, wait, hint) -> None:
+    fails_with(check_with_backoff, _backoff(wait), provider, match=hint)
+
+
+def test_backoff_wait_mistakes_are_outside_the_tolerance() -> None:
+    """On the check's inputs (retry-after of whole seconds, base delays of 0.001 s and 10 x retry-after
+    + 1 s), every named waiting mistake misses the right waits by far more than the 1e-6 s allowed."""
+    from glassbox.exercise_checks import black_box_api
+
+    for retry_afters in ([1.0, 1.0, 1.0], [3.0, 2.0, 1.0]):
+        for base in (0.001, 10 * max(retry_afters) + 1.0):
+            right = [max(r, base * 2 ** i) for i, r in enumerate(retry_afters)]
+            for waits, hint in black_box_api._wait_variants(retry_afters, base):
+                gap = max(abs(w - r) for w, r in zip(waits, right))
+                assert gap == 0 or gap >= 1e-3, (hint, gap)
