@@ -31,13 +31,16 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    ExerciseFailed,
+    Mistakes,
     call_learner,
     check_number,
     check_tensor,
     check_type,
     fail,
+    mistakes_from,
     passed,
+    second_gpt2,
+    unpack,
 )
 
 __all__ = [
@@ -101,7 +104,7 @@ def _formula(config: Any, *, tied: bool | None = None, wte: bool = True, wpe: bo
     return total
 
 
-def _count_mistakes(config: Any) -> list[tuple[float, str]]:
+def _count_mistakes(config: Any) -> Mistakes:
     """(wrong total, hint) pairs for the usual ways of miscounting GPT-2."""
     d = config.n_embd
     if getattr(config, "tie_word_embeddings", True):
@@ -136,13 +139,7 @@ def _count_mistakes(config: Any) -> list[tuple[float, str]]:
         (dict(inner=4 * d), "This config sets n_inner, so the MLP's hidden size is "
                             "config.n_inner, not 4 x n_embd."),
     ]
-    correct = _formula(config)
-    out: list[tuple[float, str]] = []
-    for overrides, hint in mistakes:
-        value = _formula(config, **overrides)
-        if value != correct and all(value != v for v, _ in out):
-            out.append((value, hint))
-    return out
+    return mistakes_from(lambda **overrides: _formula(config, **overrides), mistakes)
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -162,6 +159,9 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
         ("a small config with n_inner=200",
          GPT2Config(n_layer=3, n_head=4, n_embd=64, vocab_size=1000, n_positions=128,
                     n_inner=200, bos_token_id=0, eos_token_id=0), None),
+        ("a small config with tie_word_embeddings=False",
+         GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=500, n_positions=64,
+                    tie_word_embeddings=False, bos_token_id=0, eos_token_id=0), None),
     ]
     results = []
     for label, config, expected in cases:
@@ -175,7 +175,8 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
                           "then ln_f.")
         results.append(int(got))
     passed(f"count_parameters: {results[0]:,} for GPT-2 small, {results[1]:,} for the "
-           f"loaded model, and right for a config with n_inner set.")
+           f"loaded model, and right for a config with n_inner set and for one with an untied "
+           "output layer.")
 
 
 # --------------------------------------------------------------------------- exercise 2
@@ -194,14 +195,9 @@ def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
     transpose_hint = ("Conv1D stores its weight as (in, out); nn.Linear stores "
                       "(out, in). The Linear's weight is conv.weight.T.")
     for label, conv in layers:
-        weight_before = conv.weight.detach().clone()
         with torch.no_grad():
-            linear = call_learner(conv1d_to_linear, conv, name="conv1d_to_linear")
-        if not torch.equal(conv.weight.detach(), weight_before):
-            fail(f"conv1d_to_linear changed the weight of {label} in place, so the model "
-                 "is now broken.",
-                 "Build a new nn.Linear and copy into it (e.g. conv.weight.T.clone()); "
-                 "reload the model with load_model() before trying again.")
+            linear = call_learner(conv1d_to_linear, conv, name=f"conv1d_to_linear({label})",
+                                  protect={"weight": conv.weight, "bias": conv.bias})
         if linear is conv:
             fail("conv1d_to_linear returned the Conv1D it was given.",
                  "Create a new nn.Linear(in_features, out_features) and copy the weights in.")
@@ -215,6 +211,11 @@ def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
                  "(in, out), so in_features = conv.weight.shape[0].")
         check_tensor(linear.weight, conv.weight.T, f"the weight of your Linear for {label}",
                      hint=transpose_hint)
+        if linear.weight.untyped_storage().data_ptr() == conv.weight.untyped_storage().data_ptr():
+            fail(f"The weight of your Linear for {label} shares its memory with the Conv1D's "
+                 "weight (it is a view of it, not a copy): changing one would change the other.",
+                 "Build a new nn.Linear and copy the values in: "
+                 "linear.weight.copy_(conv.weight.T) under torch.no_grad(), or .clone().")
         if linear.bias is None:
             fail(f"Your Linear for {label} has no bias, but the Conv1D has one.",
                  "Keep nn.Linear's default bias=True and copy conv.bias into it.")
@@ -238,29 +239,18 @@ def _reference_qkv(c_attn: nn.Module, x: torch.Tensor, n_head: int
                  for t in qkv.split(d_model, dim=-1))
 
 
-def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
-    """Check ``split_qkv(c_attn, x, n_head) -> (q, k, v)``, each (n_head, seq, d_head).
-
-    The reference runs the block's own ``c_attn`` module on a fixed random input.
-    """
-    attn = model.transformer.h[0].attn
-    n_head = model.config.n_head
-    d_model = model.config.n_embd
+def _check_split(split_qkv: Callable[..., Any], attn: nn.Module, n_head: int, where: str) -> None:
+    d_model = attn.c_attn.weight.shape[0]
     d_head = d_model // n_head
     seq = 5
     x = torch.randn(seq, d_model, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = _reference_qkv(attn.c_attn, x, n_head)
-        got = call_learner(split_qkv, attn.c_attn, x, n_head, name="split_qkv")
-    if isinstance(got, torch.Tensor):
-        fail(f"split_qkv returned one tensor of shape {tuple(got.shape)}; expected a tuple "
-             "(q, k, v).", "End with `return q, k, v`.")
-    if got is None:
-        fail("split_qkv returned None.", "Did you forget `return q, k, v`?")
-    if not isinstance(got, (tuple, list)) or len(got) != 3:
-        fail(f"split_qkv should return a tuple of 3 tensors (q, k, v), got "
-             f"{type(got).__name__} of length {len(got) if hasattr(got, '__len__') else '?'}.")
+        got = call_learner(split_qkv, attn.c_attn, x, n_head, name=f"split_qkv on {where}",
+                           protect={"c_attn.weight": attn.c_attn.weight,
+                                    "c_attn.bias": attn.c_attn.bias})
     names = ("q", "k", "v")
+    got = unpack(got, names, f"split_qkv on {where}")
     biases = attn.c_attn.bias.detach().split(d_model)
     for i, (name, got_t, exp_t) in enumerate(zip(names, got, expected)):
         mistakes = [(other, f"This is {names[j]}, not {name}: c_attn's output is "
@@ -271,12 +261,29 @@ def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
                          "You reshaped (seq, d_model) straight to (n_head, seq, d_head), "
                          "which mixes positions and heads. View as (seq, n_head, d_head) "
                          "first, then .transpose(0, 1)."))
-        check_tensor(got_t, exp_t, f"{name} (element {i} of your tuple)",
+        check_tensor(got_t, exp_t, f"{name} (element {i} of your tuple) on {where}",
                      bias=biases[i].reshape(n_head, 1, d_head), known_mistakes=mistakes,
                      hint="q, k, v = (x @ W + b).split(d_model, dim=-1); then each "
-                          ".view(seq, n_head, d_head).transpose(0, 1).")
-    passed(f"split_qkv: q, k and v each have shape ({n_head}, {seq}, {d_head}) and match "
-           "the block's own c_attn.")
+                          ".view(seq, n_head, d_head).transpose(0, 1), with d_head = "
+                          "d_model // n_head.")
+
+
+def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
+    """Check ``split_qkv(c_attn, x, n_head) -> (q, k, v)``, each (n_head, seq, d_head).
+
+    The reference runs the block's own ``c_attn`` module on a fixed random input, for the
+    loaded model's block 0 and for block 0 of a second, random GPT-2 with other head sizes.
+    """
+    n_head = model.config.n_head
+    d_head = model.config.n_embd // n_head
+    _check_split(split_qkv, model.transformer.h[0].attn, n_head, "block 0")
+    other = second_gpt2(model)
+    _check_split(split_qkv, other.transformer.h[0].attn, other.config.n_head,
+                 f"a second model's block 0 ({other.config.n_head} heads of "
+                 f"{other.config.n_embd // other.config.n_head})")
+    passed(f"split_qkv: q, k and v each have shape ({n_head}, 5, {d_head}) and match "
+           f"the block's own c_attn, and match a second model's c_attn with "
+           f"{other.config.n_head} heads.")
 
 
 # --------------------------------------------------------------------------- exercise 4
@@ -440,16 +447,12 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
         header_only = Path(folder) / "header_only.safetensors"
         with open(path, "rb") as f:
             header_only.write_bytes(f.read(header_end))
-        try:
-            on_copy = read_safetensors_header(header_only)
-        except NotImplementedError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every learner crash becomes feedback
-            raise ExerciseFailed(
-                f"On a copy of the file cut off right after its header ({header_end:,} bytes, no "
-                f"tensor data at all), read_safetensors_header raised {type(exc).__name__}: "
-                f"{exc}\nA reader that touches only the header works on that copy; yours "
-                f"needs the tensor data.\nHint: {_HEADER_ONLY_HINT}") from exc
+        on_copy = call_learner(
+            read_safetensors_header, header_only,
+            name=f"On a copy of the file cut off right after its header ({header_end:,} bytes, "
+                 "no tensor data at all), read_safetensors_header",
+            hints={Exception: "A reader that touches only the header works on that copy; yours "
+                              "needs the tensor data. " + _HEADER_ONLY_HINT})
     if on_copy != expected:
         fail("On a copy of the file cut off right after its header (no tensor data), "
              "read_safetensors_header returned a different result than on the full file.",
@@ -458,9 +461,9 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
     n_tensors = sum(1 for k in expected if k != "__metadata__")
     how = (f"open() handed out {counter['bytes']:,} of its {file_size:,} bytes"
            if counter["opens"] else "it was not read through Python's open()")
-    passed(f"read_safetensors_header: {n_tensors} tensors, dtypes {', '.join(dtypes)}, "
-           f"read without loading any tensor: {how}, and a copy cut off right after the "
-           "header works too.")
+    passed(f"read_safetensors_header: {n_tensors} tensors, dtypes {', '.join(dtypes)}; "
+           f"{how}, and it gives the same header for a copy cut off right after the header "
+           "(no tensor data at all).")
 
 
 def _compare_header(got: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -494,13 +497,9 @@ def _compare_header(got: dict[str, Any], expected: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- exercise 5
 
-def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float],
-                        model: nn.Module) -> None:
-    """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes.
-
-    The reference counts each distinct parameter tensor once (tied weights once) and
-    takes bytes per element from the dtype itself.
-    """
+def _check_size(model_size_mb: Callable[[nn.Module, torch.dtype], float], model: nn.Module,
+                where: str) -> int:
+    """model_size_mb on one model for four dtypes; returns its parameter count."""
     n_params = _unique_parameter_count(model)
     n_state = sum(t.numel() for t in model.state_dict().values())
     current = next(model.parameters()).element_size()
@@ -520,12 +519,27 @@ def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float]
             (n_params / 1e6, "That is the number of parameters in millions: multiply by the "
                              "bytes per value."),
         ]
-        mistakes = [(v, h) for v, h in mistakes if abs(v - expected) > 1e-9 * expected]
-        got = call_learner(model_size_mb, model, dtype, name="model_size_mb")
-        check_number(got, expected, f"model_size_mb(model, {dtype})", known_mistakes=mistakes,
+        got = call_learner(model_size_mb, model, dtype, name=f"model_size_mb({where}, {dtype})",
+                           model=model)
+        check_number(got, expected, f"model_size_mb({where}, {dtype})", known_mistakes=mistakes,
                      rel_tol=1e-6, hint=f"{dtype} takes {nbytes} byte(s) per value.")
+    return n_params
+
+
+def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float],
+                        model: nn.Module) -> None:
+    """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes.
+
+    Runs on the loaded model and on a second, random GPT-2 of another size. The reference
+    counts each distinct parameter tensor once (tied weights once) and takes bytes per
+    element from the dtype itself. The model must come back as it was (weights, dtype,
+    gradients, mode): the function measures, it does not convert.
+    """
+    n_params = _check_size(model_size_mb, model, "model")
+    _check_size(model_size_mb, second_gpt2(model), "a second model")
     passed(f"model_size_mb: {n_params * 4 / 1e6:,.1f} MB in float32, "
-           f"{n_params * 2 / 1e6:,.1f} MB in float16/bfloat16, {n_params / 1e6:,.1f} MB in int8.")
+           f"{n_params * 2 / 1e6:,.1f} MB in float16/bfloat16, {n_params / 1e6:,.1f} MB in int8; "
+           "right for a second model too, and the model is left unchanged.")
 
 
 # --------------------------------------------------------------------------- exercise 6: Llama 3 8B from its config
@@ -563,12 +577,12 @@ def reference_llama_count(config: dict[str, Any]) -> int:
 
 def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_heads: int | None = None,
              mlp_matrices: int = 3, norm_size: int = 1, block_norms: bool = True, final_norm: bool = True,
-             biases: bool = False) -> int:
+             biases: bool = False, head_dim: int | None = None) -> int:
     """The parameter count with one piece changeable, to compute the usual mistakes."""
     v, d, inner = config["vocab_size"], config["hidden_size"], config["intermediate_size"]
     heads = config["num_attention_heads"]
     kv = config["num_key_value_heads"] if kv_heads is None else kv_heads
-    hd = config.get("head_dim") or d // heads
+    hd = head_dim or config.get("head_dim") or d // heads
     tied = config["tie_word_embeddings"] if untied is None else not untied
     attention = d * heads * hd + 2 * d * kv * hd + heads * hd * d
     if biases:
@@ -580,8 +594,7 @@ def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_hea
     return v * d + head + config["num_hidden_layers"] * block + (norm_size * d if final_norm else 0)
 
 
-def _llama_mistakes(config: dict[str, Any]) -> list[tuple[float, str]]:
-    tied = config["tie_word_embeddings"]
+def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
     candidates = [
         (dict(untied=False), "This model does not tie its output layer to the token embedding "
                              "(tie_word_embeddings is false): lm_head is a second vocab_size x "
@@ -601,16 +614,11 @@ def _llama_mistakes(config: dict[str, Any]) -> list[tuple[float, str]]:
         (dict(final_norm=False), "You forgot the final norm (model.norm) after the last layer."),
         (dict(norm_size=2), "RMSNorm has a weight but no bias: hidden_size parameters, not 2 x hidden_size."),
         (dict(biases=True), "Llama's linear layers have no biases (attention_bias is false)."),
+        (dict(head_dim=config["hidden_size"] // config["num_attention_heads"]),
+         "The config gives head_dim; use it. It need not be hidden_size / num_attention_heads "
+         "(here it is not), and q_proj is hidden_size x (num_attention_heads x head_dim)."),
     ]
-    correct = _llama_formula(config)
-    out: list[tuple[float, str]] = []
-    for overrides, hint in candidates:
-        if overrides.get("untied") is True and not tied:
-            continue
-        value = _llama_formula(config, **overrides)
-        if value != correct and all(value != v for v, _ in out):
-            out.append((value, hint))
-    return out
+    return mistakes_from(lambda **overrides: _llama_formula(config, **overrides), candidates)
 
 
 def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
@@ -621,6 +629,9 @@ def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
         ("a small tied config with 2 key-value heads",
          {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 200, "num_hidden_layers": 3,
           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "tie_word_embeddings": True}),
+        ("a small config whose head_dim (32) is not hidden_size / num_attention_heads (16)",
+         {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32, "tie_word_embeddings": False}),
     ]
 
 
@@ -646,7 +657,8 @@ def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any
                           "norms; then the final norm and, if untied, lm_head.")
         results.append(int(got))
     passed(f"count_llama_parameters: {results[0]:,} for Llama 3 8B and {results[1]:,} for Mistral 7B "
-           "(the totals transformers builds from their configs), and right for a small tied config.")
+           "(the totals transformers builds from their configs), and right for a small tied config "
+           "and for one whose head_dim is not hidden_size / num_attention_heads.")
 
 
 

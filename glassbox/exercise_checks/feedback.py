@@ -42,6 +42,7 @@ __all__ = [
     "fail",
     "mistakes_from",
     "passed",
+    "second_gpt2",
     "unpack",
 ]
 
@@ -119,14 +120,15 @@ class _ModelState:
 
 
 def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
-                 hints: Mapping[type[BaseException], str] | None = None,
+                 hints: Mapping[type[BaseException], str | Callable[[BaseException], str]] | None = None,
                  protect: Iterable[torch.Tensor] | Mapping[str, torch.Tensor] = (),
                  model: nn.Module | None = None, **kwargs: Any) -> Any:
     """Call the learner's function, turn its crashes into feedback, and verify its inputs.
 
     ``NotImplementedError`` passes through unchanged: it means "not attempted yet". Any other
     exception is re-raised as :class:`ExerciseFailed` *from* the original, so the learner still
-    sees their own traceback above our hint; ``hints`` maps an exception type to advice.
+    sees their own traceback above our hint; ``hints`` maps an exception type to advice (a
+    string, or a function of the exception that returns one).
 
     Input protection: every tensor in ``protect`` (a mapping names them) must come back
     unchanged (if it does not, the check restores it and says so), and for ``model``, afterwards its weights and buffers, the gradients on its
@@ -146,8 +148,8 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
     except NotImplementedError:
         raise
     except Exception as exc:  # noqa: BLE001 - every learner crash becomes feedback
-        hint = next((advice for exc_type, advice in (hints or {}).items()
-                     if isinstance(exc, exc_type)), None)
+        hint = next((advice(exc) if callable(advice) else advice
+                     for exc_type, advice in (hints or {}).items() if isinstance(exc, exc_type)), None)
         message = f"{label} raised {type(exc).__name__}: {exc}"
         raise ExerciseFailed(message if hint is None else f"{message}\nHint: {hint}") from exc
     for key, t in named.items():
@@ -213,6 +215,38 @@ def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
         fail(f"{name} is None, expected a {wanted}.",
              hint or "Did you forget the `return` statement?")
     fail(f"{name} should be a {wanted}, got {_describe(got)}.", hint)
+
+
+# --------------------------------------------------------------------------- a second model
+
+def second_gpt2(like: nn.Module, seed: int = 11) -> nn.Module:
+    """A small random GPT-2 whose sizes all differ from ``like``'s, with ``like``'s vocabulary.
+
+    Checks run a learner's function on it besides the loaded model, so an answer with the
+    loaded model's numbers written in (heads, head size, width, layers, LayerNorm epsilon)
+    fails. Its LayerNorm epsilon (1e-2) is close to the variance of its activations, so a
+    wrong or missing epsilon changes the output well beyond the checks' tolerances; biases
+    are not zero, as in a trained model. Built with its own seed; the caller's random state
+    is left as it was.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = like.config
+    n_head = 6 if c.n_head != 6 else 3
+    d_head = 8 if c.n_embd // c.n_head != 8 else 12
+    n_layer = 2 if c.n_layer != 2 else 3
+    eps = 1e-2 if not math.isclose(c.layer_norm_epsilon, 1e-2) else 1e-3
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_head * d_head,
+                        vocab_size=c.vocab_size, n_positions=64, layer_norm_epsilon=eps,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(1.0 if ".ln_" in name and name.endswith("weight") else 0.0, 0.1)
+    return model
 
 
 # --------------------------------------------------------------------------- the usual mistakes

@@ -30,10 +30,15 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
+    Mistakes,
     call_learner,
     check_tensor,
+    close,
     fail,
+    mistakes_from,
     passed,
+    second_gpt2,
+    unpack,
 )
 
 __all__ = [
@@ -56,8 +61,6 @@ __all__ = [
 CHECK_PROMPT = "<|endoftext|>The cat ran to the garden. Mia found a red ball"
 #: The prompt whose next-token distribution the sampling exercise uses.
 NEXT_TOKEN_PROMPT = "<|endoftext|>It was a sunny day in the village. The nurse"
-
-Mistakes = Callable[[], Iterable[tuple[torch.Tensor, str]]]
 
 _SHAPE_ERROR_HINT = (
     "A shape error inside a matrix product usually means a transposed weight. Hugging Face's "
@@ -299,9 +302,16 @@ def _attention_mistakes() -> list[tuple[Variant, str]]:
     ]
 
 
-def _block_mistakes() -> list[tuple[Variant, str]]:
-    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's, LayerNorm's."""
+def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
+    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's, LayerNorm's.
+
+    With ``eps`` (the config's), LayerNorm with another usual epsilon is among them: it can be
+    told apart only where the activations' variance is near eps (the second model's).
+    """
     return [
+        *(_eps_mistakes(eps, "config.layer_norm_epsilon") if eps is not None else
+          [(Variant(eps=0.0), "You left out the LayerNorm epsilon: divide by sqrt(var + eps) "
+                              "with eps = config.layer_norm_epsilon.")]),
         (Variant(transpose_weights=True),
          "This is what you get with attn.c_proj's weight transposed. Conv1D stores its weight as "
          "(in, out): the layer is x @ W + b, no .T. A square weight raises no shape error when "
@@ -325,104 +335,18 @@ def _block_mistakes() -> list[tuple[Variant, str]]:
                                  "x.var(-1, unbiased=False, keepdim=True)."),
         (Variant(eps_outside_sqrt=True), "The LayerNorm epsilon goes inside the square root: "
                                          "sqrt(var + eps), not sqrt(var) + eps."),
-        (Variant(eps=0.0), "You left out the LayerNorm epsilon: divide by sqrt(var + eps) with "
-                           "eps = config.layer_norm_epsilon."),
     ]
 
 
-def _eps_mistakes(eps: float) -> list[tuple[Variant, str]]:
+def _eps_mistakes(eps: float, source: str = "the eps you were given") -> list[tuple[Variant, str]]:
+    """LayerNorm with another usual epsilon (none, 1e-5 as in GPT-2, ...) than ``eps``."""
     out = []
     for other in (0.0, 1e-12, 1e-8, 1e-6, 1e-5, 1e-3):
         if not math.isclose(other, eps, rel_tol=1e-9, abs_tol=0.0):
             what = "no epsilon at all (eps = 0)" if other == 0 else f"eps = {other:g}"
-            out.append((Variant(eps=other), f"This is LayerNorm with {what}; use the eps you were "
-                                            f"given ({eps:g} here)."))
+            out.append((Variant(eps=other), f"This is LayerNorm with {what}; use {source} "
+                                            f"({eps:g} here)."))
     return out
-
-
-# --------------------------------------------------------------------------- comparisons
-
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
-    """Same shape and |a - b| <= atol + rtol * |b| everywhere; NaN equals NaN, inf equals inf.
-
-    NaN counts as equal because a mistake can produce NaN in the same places as the answer.
-    (Written out because torch.allclose is slow on large tensors in this torch version.)
-    """
-    if a.shape != b.shape:
-        return False
-    ok = (a - b).abs() <= atol + rtol * b.abs()
-    ok |= torch.isnan(a) & torch.isnan(b)
-    ok |= torch.isinf(a) & (a == b)
-    return bool(ok.all())
-
-
-def _share_matching(got: torch.Tensor, expected: torch.Tensor, rtol: float,
-                    atol: float) -> tuple[float, float]:
-    """The share of values within tolerance and the largest finite difference."""
-    match = torch.isclose(got, expected, rtol=rtol, atol=atol)
-    diff = (got - expected).abs()
-    finite = diff[torch.isfinite(diff)]
-    return float(match.float().mean()), float(finite.max()) if finite.numel() else float("nan")
-
-
-def _percent(share: float) -> str:
-    """A share as a percentage that never rounds a mismatch up to 100% (or a match down to 0%)."""
-    if 0.99 < share < 1.0 or 0.0 < share < 0.01:
-        return f"{share:.2%}"
-    return f"{share:.0%}"
-
-
-def _compare(got: Any, expected: torch.Tensor, name: str, *, mistakes: Mistakes = lambda: (),
-             rtol: float = 1e-4, atol: float = 1e-5, hint: str | None = None) -> None:
-    """Compare a learner's tensor with the reference, naming a known mistake if it matches one.
-
-    None, non-tensors, integer dtypes, NaN and shapes get check_tensor's specific messages;
-    an extra or a missing leading axis gets its own. For a same-shaped floating tensor that
-    is wrong, the mistakes are computed (only then) and the message reports the share of
-    values that match.
-    """
-    if isinstance(got, nn.Parameter):
-        got = got.data
-    if isinstance(got, torch.Tensor) and got.is_floating_point() and got.shape == expected.shape:
-        got = got.detach().to(expected.dtype)
-        if _close(got, expected, rtol, atol):
-            return
-        share, largest = _share_matching(got, expected, rtol, atol)
-        matched = list(dict.fromkeys(
-            mistake_hint for alternative, mistake_hint in mistakes()
-            if _close(got, alternative.to(got.dtype), rtol, atol)))
-        head = (f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(share)} of "
-                f"its values match the reference (largest difference {largest:.3g}).")
-        if len(matched) == 1:
-            fail(f"{head} They match a usual mistake.", matched[0])
-        if matched:  # on this input the numbers cannot tell these mistakes apart
-            listed = " Or: ".join(matched[:3])
-            fail(f"{head} They match {len(matched)} usual mistakes, which give the same numbers "
-                 "here.", listed)
-    if isinstance(got, torch.Tensor):
-        shape, want = tuple(got.shape), tuple(expected.shape)
-        if len(shape) == len(want) + 1 and shape[0] == 1 and shape[1:] == want:
-            fail(f"{name} has shape {shape}, expected {want}: an extra leading axis of size 1 "
-                 "(a batch axis).", "Work on one sequence without a batch axis, or return "
-                                    "result[0] (or .squeeze(0)).")
-        if len(shape) == len(want) - 1 and shape == want[1:]:
-            fail(f"{name} has shape {shape}, expected {want}: the first axis, one entry per "
-                 "position, is missing, as if you kept only one position.",
-                 "Return the values for every position, e.g. don't index [-1] at the end.")
-    check_tensor(got, expected, name, rtol=rtol, atol=atol, hint=hint)
-
-
-def _mistake_outputs(compute: Callable[[Variant], torch.Tensor],
-                     mistakes: list[tuple[Variant, str]]) -> Mistakes:
-    """A lazy list of (output under the mistake, hint) pairs; a mistake that cannot run is skipped."""
-    def generate() -> Iterable[tuple[torch.Tensor, str]]:
-        for variant, hint in mistakes:
-            with torch.no_grad():
-                try:
-                    yield compute(variant), hint
-                except RuntimeError:
-                    continue
-    return generate
 
 
 def _prompt_ids(tokenizer: Any, model: nn.Module, prompt: str = CHECK_PROMPT) -> torch.Tensor:
@@ -465,20 +389,6 @@ def _run_model(model: nn.Module, ids: torch.Tensor) -> _Run:
     return _Run(streams, attention_out, logits)
 
 
-def _call_unchanged(fn: Callable[..., Any], name: str, args: tuple[Any, ...],
-                    protect: tuple[torch.Tensor, ...]) -> Any:
-    """Call the learner's function; fail clearly if it changed one of ``protect`` in place."""
-    before = [t.clone() for t in protect]
-    result = call_learner(fn, *args, name=name, hints=_LEARNER_HINTS)
-    for t, b in zip(protect, before):
-        if not torch.equal(t, b):
-            fail(f"{name} changed one of its input tensors in place.",
-                 "Compute new tensors (x - mean, not x -= mean; no .sub_(), .mul_() or "
-                 "[...] = ... on the inputs). If it changed a weight, run the set-up cell "
-                 "again to reload the model.")
-    return result
-
-
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items()}
 
@@ -504,15 +414,50 @@ def _perturbed_state(sd: Mapping[str, torch.Tensor], layers: Iterable[int],
 
 # --------------------------------------------------------------------------- exercise 1
 
+_LN_MISTAKES = [
+    (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
+                             "(x.var(-1, unbiased=False, keepdim=True), or "
+                             "((x - mean) ** 2).mean(-1, keepdim=True))."),
+    (Variant(eps_outside_sqrt=True), "The epsilon goes inside the square root: "
+                                     "sqrt(var + eps), not sqrt(var) + eps."),
+    (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
+                         "each position's vector over its features: axis -1."),
+    (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
+                               "multiply by weight, then add bias."),
+]
+
+
+def _layer_norm_mistakes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                         usual_eps: float) -> Mistakes:
+    """The usual LayerNorm mistakes on this input, computed when needed."""
+    eps_mistakes = (_eps_mistakes(eps) if eps == usual_eps else
+                    [(Variant(eps=usual_eps), f"Use the eps argument: this case passes eps={eps:g}, "
+                                              f"but your answer used {usual_eps:g}.")])
+    generated = mistakes_from(lambda v: reference_layer_norm(x, weight, bias, eps, v),
+                              [*_LN_MISTAKES, *eps_mistakes])
+
+    def mistakes() -> Iterable[tuple[torch.Tensor, str]]:
+        yield from generated()
+        yield (reference_layer_norm(x, bias, weight, eps),
+               "You swapped weight and bias: normalised * weight + bias.")
+        yield (reference_layer_norm(x, weight, torch.zeros_like(bias), eps),
+               "You forgot to add the bias.")
+    return mistakes
+
+
 def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``layer_norm(x, weight, bias, eps)`` against the model's own LayerNorm modules.
 
-    Inputs: the residual stream entering block 0 (ln_1 of block 0); rows whose variance is
-    about eps, where the epsilon matters (ln_2 of the last block); a constant row (variance 0);
-    and the same rows with another eps, to see that the argument is used.
+    Inputs: rows whose variance is about eps, where the epsilon matters (ln_2 of the last
+    block); a constant row (variance 0); the same rows with another eps, to see that the
+    argument is used; the residual stream entering block 0 (ln_1 of block 0); and the stream
+    entering block 0 of a second, random GPT-2 of another width and epsilon
+    (:func:`~glassbox.exercise_checks.feedback.second_gpt2`).
     """
     ids = _prompt_ids(tokenizer, model)
     streams = _run_model(model, ids).streams
+    other = second_gpt2(model)
+    other_stream = _run_model(other, ids).streams[0]
     d = model.config.n_embd
     gen = torch.Generator().manual_seed(0)
     first, last = model.transformer.h[0].ln_1, model.transformer.h[-1].ln_2
@@ -520,53 +465,32 @@ def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer
     small = math.sqrt(eps) * torch.randn(6, d, generator=gen)
     constant = torch.cat([small[:3], torch.full((1, d), 0.25)])
     other_eps = 1e-3 if not math.isclose(eps, 1e-3) else 1e-2
+    ln = other.transformer.h[0].ln_1
     # The rows of small variance come first: there the epsilon's mistakes differ clearly.
     cases = [
         ("rows with a variance close to eps, with ln_2 of the last block", small, last, eps),
         ("rows including a constant one (variance 0)", constant, last, eps),
         (f"the rows of variance about {eps:g} with eps={other_eps:g}", small, last, other_eps),
         ("the residual stream entering block 0, with ln_1 of block 0", streams[0], first, eps),
+        (f"a second model's stream (width {other.config.n_embd}, eps={ln.eps:g})",
+         other_stream, ln, float(ln.eps)),
     ]
     for label, x, module, case_eps in cases:
         weight, bias = module.weight.detach(), module.bias.detach()
         with torch.no_grad():  # the model's own module, or the same LayerNorm with another eps
-            expected = (module(x) if case_eps == eps
-                        else nn.functional.layer_norm(x, (d,), weight, bias, case_eps))
-        x = x.clone()
-        with torch.no_grad():
-            got = _call_unchanged(layer_norm, "layer_norm", (x, weight, bias, case_eps),
-                                  protect=(x, weight, bias))
-
-        def ref(variant: Variant, x: torch.Tensor = x, weight: torch.Tensor = weight,
-                bias: torch.Tensor = bias, case_eps: float = case_eps) -> torch.Tensor:
-            return reference_layer_norm(x, weight, bias, case_eps, variant)
-
-        mistakes = [
-            (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
-                                     "(x.var(-1, unbiased=False, keepdim=True), or "
-                                     "((x - mean) ** 2).mean(-1, keepdim=True))."),
-            (Variant(eps_outside_sqrt=True), "The epsilon goes inside the square root: "
-                                             "sqrt(var + eps), not sqrt(var) + eps."),
-            *(_eps_mistakes(case_eps) if case_eps == eps else
-              [(Variant(eps=eps), f"Use the eps argument: this case passes eps={case_eps:g}, but "
-                                  f"your answer used {eps:g}.")]),
-            (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
-                                 "each position's vector over its features: axis -1."),
-            (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
-                                       "multiply by weight, then add bias."),
-        ]
-        swapped = (reference_layer_norm(x, bias, weight, case_eps),
-                   "You swapped weight and bias: normalised * weight + bias.")
-        no_bias = (reference_layer_norm(x, weight, torch.zeros_like(bias), case_eps),
-                   "You forgot to add the bias.")
-        generated = _mistake_outputs(ref, mistakes)
-        _compare(got, expected, f"layer_norm on {label}",
-                 mistakes=lambda g=generated, extra=(swapped, no_bias): [*g(), *extra],
-                 rtol=1e-4, atol=1e-4,
-                 hint="(x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased "
-                      "variance taken over the last axis (keepdim=True).")
+            expected = (module(x) if case_eps == module.eps
+                        else nn.functional.layer_norm(x, x.shape[-1:], weight, bias, case_eps))
+            got = call_learner(layer_norm, x, weight, bias, case_eps, name="layer_norm",
+                               hints=_LEARNER_HINTS, protect={"input x": x, "weight": weight,
+                                                              "bias": bias})
+        check_tensor(got, expected, f"layer_norm on {label}",
+                     known_mistakes=_layer_norm_mistakes(x, weight, bias, case_eps, float(module.eps)),
+                     rtol=1e-4, atol=1e-4,
+                     hint="(x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased "
+                          "variance taken over the last axis (keepdim=True).")
     passed("layer_norm: matches the model's LayerNorm on the residual stream, on rows of "
-           "variance near eps and on a constant row, and uses the eps it is given.")
+           "variance near eps and on a constant row, uses the eps it is given, and matches a "
+           f"second model's LayerNorm (width {other.config.n_embd}).")
 
 
 # --------------------------------------------------------------------------- exercise 2
@@ -584,13 +508,47 @@ def _head_cases(model: nn.Module, run: _Run) -> list[tuple[str, int, int, torch.
     return cases
 
 
+def _head_answer(attention_head: Callable[..., Any], x: torch.Tensor, w: torch.Tensor,
+                 b: torch.Tensor, n_head: int, head: int) -> tuple[Any, Any]:
+    with torch.no_grad():
+        got = call_learner(attention_head, x, w, b, n_head, head, name="attention_head",
+                           hints=_LEARNER_HINTS, protect={"input x": x, "w_qkv": w, "b_qkv": b})
+    return unpack(got, ("pattern", "z"), "attention_head")
+
+
+def _check_head(attention_head: Callable[..., Any], label: str, x: torch.Tensor,
+                w: torch.Tensor, b: torch.Tensor, n_head: int, head: int) -> None:
+    """One head on one input: the pattern, then z, each with the usual mistakes named."""
+    seq, d_head = x.shape[0], x.shape[1] // n_head
+    with torch.no_grad():
+        pattern, z = reference_attention_head(x, w, b, n_head, head)
+    got_pattern, got_z = _head_answer(attention_head, x, w, b, n_head, head)
+    check_tensor(got_pattern, pattern, f"the pattern for {label}",
+                 known_mistakes=mistakes_from(
+                     lambda v: reference_attention_head(x, w, b, n_head, head, v)[0],
+                     _attention_mistakes()),
+                 rtol=1e-4, atol=1e-6,
+                 hint="scores = q @ k.T / sqrt(d_head); set scores[i, j] = -inf where j > i; "
+                      "then softmax over the last axis.")
+
+    def z_mistakes() -> Iterable[tuple[torch.Tensor, str]]:
+        v = _qkv_heads(x, w, b, n_head, CORRECT)[2][head]
+        yield pattern.T @ v, "You multiplied the transposed pattern with v: z = pattern @ v."
+        yield v, ("This is v itself: the head's output is the pattern-weighted sum of the "
+                  "values, z = pattern @ v.")
+    check_tensor(got_z, z, f"z for {label}", known_mistakes=z_mistakes,
+                 hint=f"z = pattern @ v, with v the head's slice of the values: shape "
+                      f"({seq}, {d_head}).")
+
+
 def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
                          tokenizer: Any) -> None:
     """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``.
 
     ``x`` is ln_1 of the residual stream entering a block, for the check prompt. The
-    reference is computed from the block's own c_attn weights; the head outputs of all
-    heads, put through c_proj, are checked against the block's attention module.
+    reference is computed from the block's own c_attn weights, for two heads of the loaded
+    model and one of a second, random GPT-2 with other head sizes; the outputs of all heads
+    of one layer, put through c_proj, are checked against the block's attention module.
     """
     ids = _prompt_ids(tokenizer, model)
     n_head = model.config.n_head
@@ -599,64 +557,35 @@ def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
     run = _run_model(model, ids)
     for label, layer, head, x in _head_cases(model, run):
         attn = model.transformer.h[layer].attn
-        w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
-        with torch.no_grad():
-            pattern, z = reference_attention_head(x, w, b, n_head, head)
-        with torch.no_grad():
-            got = _call_unchanged(attention_head, "attention_head", (x, w, b, n_head, head),
-                                  protect=(x, w, b))
-        if isinstance(got, torch.Tensor):
-            fail(f"attention_head returned one tensor of shape {tuple(got.shape)}; expected a "
-                 "tuple (pattern, z).", "End with `return pattern, z`.")
-        if got is None:
-            fail("attention_head returned None.", "Did you forget `return pattern, z`?")
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            length = len(got) if hasattr(got, "__len__") else "?"
-            fail(f"attention_head should return a tuple (pattern, z), got {type(got).__name__} "
-                 f"of length {length}.", "End with `return pattern, z`.")
-        got_pattern, got_z = got
-
-        def ref(variant: Variant, x: torch.Tensor = x, w: torch.Tensor = w,
-                b: torch.Tensor = b, head: int = head) -> torch.Tensor:
-            return reference_attention_head(x, w, b, n_head, head, variant)[0]
-
-        mistakes = _mistake_outputs(ref, _attention_mistakes())
-        _compare(got_pattern, pattern, f"the pattern for {label}", mistakes=mistakes,
-                 rtol=1e-4, atol=1e-6,
-                 hint="scores = q @ k.T / sqrt(d_head); set scores[i, j] = -inf where j > i; "
-                      "then softmax over the last axis.")
-        _compare(got_z, z, f"z for {label}",
-                 mistakes=lambda pattern=pattern, z=z, x=x, w=w, b=b, head=head: [
-                     (pattern.T @ _qkv_heads(x, w, b, n_head, CORRECT)[2][head],
-                      "You multiplied the transposed pattern with v: z = pattern @ v."),
-                     (_qkv_heads(x, w, b, n_head, CORRECT)[2][head],
-                      "This is v itself: the head's output is the pattern-weighted sum of the "
-                      "values, z = pattern @ v.")],
-                 hint="z = pattern @ v, with v the head's slice of the values: shape "
-                      f"({seq}, {d_head}).")
+        _check_head(attention_head, label, x, attn.c_attn.weight.detach(),
+                    attn.c_attn.bias.detach(), n_head, head)
+    other = second_gpt2(model)
+    other_label, other_layer, other_head, other_x = _head_cases(other, _run_model(other, ids))[0]
+    other_attn = other.transformer.h[other_layer].attn
+    _check_head(attention_head, f"a second model's {other_label} ({other.config.n_head} heads of "
+                f"{other.config.n_embd // other.config.n_head})", other_x,
+                other_attn.c_attn.weight.detach(), other_attn.c_attn.bias.detach(),
+                other.config.n_head, other_head)
     # Every head of one layer, then all of them through c_proj: the model's attention output.
     label, layer, _, x = _head_cases(model, run)[0]
     attn = model.transformer.h[layer].attn
     w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
     zs = []
     for h in range(n_head):
-        with torch.no_grad():
-            got = _call_unchanged(attention_head, "attention_head", (x, w, b, n_head, h),
-                                  protect=(x, w, b))
-            expected_z = reference_attention_head(x, w, b, n_head, h)[1]
-        got_z = got[1] if isinstance(got, (tuple, list)) and len(got) == 2 else got
-        _compare(got_z, expected_z, f"z for layer {layer}, head {h}",
-                 hint=f"Head {h} owns columns {h * d_head} to {(h + 1) * d_head - 1} of q, k and v.")
-        zs.append(got_z.detach().to(expected_z.dtype))
+        got_z = _head_answer(attention_head, x, w, b, n_head, h)[1]
+        expected_z = reference_attention_head(x, w, b, n_head, h)[1]
+        zs.append(check_tensor(got_z, expected_z, f"z for layer {layer}, head {h}",
+                               hint=f"Head {h} owns columns {h * d_head} to "
+                                    f"{(h + 1) * d_head - 1} of q, k and v."))
     with torch.no_grad():
         combined = torch.cat(zs, dim=-1) @ attn.c_proj.weight + attn.c_proj.bias
-    truth = run.attention_out[layer]
-    _compare(combined, truth, f"all {n_head} heads of layer {layer} through c_proj",
-             hint="The heads' outputs, side by side in head order, then c_proj, should give the "
-                  "model's attention output.")
+    check_tensor(combined, run.attention_out[layer], f"all {n_head} heads of layer {layer} through c_proj",
+                 hint="The heads' outputs, side by side in head order, then c_proj, should give "
+                      "the model's attention output.")
     passed(f"attention_head: the causal pattern ({seq} x {seq}) and output ({seq} x {d_head}) "
-           f"match for two heads, and all {n_head} heads of layer {layer} together give the "
-           "model's own attention output.")
+           f"match for two heads and for a head of a second model with {other.config.n_head} "
+           f"heads, and all {n_head} heads of layer {layer} together give the model's own "
+           "attention output.")
 
 
 # --------------------------------------------------------------------------- exercise 3
@@ -665,13 +594,28 @@ def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
 _BLOCK_RTOL, _BLOCK_ATOL = 1e-5, 1e-5
 
 
+def _check_block(transformer_block: Callable[..., Any], label: str, x: torch.Tensor,
+                 expected: torch.Tensor, sd: Mapping[str, torch.Tensor], layer: int,
+                 config: Any, model: nn.Module) -> None:
+    with torch.no_grad():
+        got = call_learner(transformer_block, x, sd, layer, config, name="transformer_block",
+                           hints=_LEARNER_HINTS, protect={"input x": x}, model=model)
+    check_tensor(got, expected, label, rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
+                 known_mistakes=mistakes_from(
+                     lambda variant: reference_block(x, sd, layer, config, variant),
+                     _block_mistakes(config.layer_norm_epsilon)),
+                 hint="x = x + attention(ln_1(x)); x = x + mlp(ln_2(x)), every layer as "
+                      "x @ W + b with W read from sd.")
+
+
 def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Module,
                             tokenizer: Any) -> None:
     """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks.
 
     The input is the residual stream entering the block and the expected output what the
-    model's own block returns (captured with hooks). A second run on a state dict with a few
-    tensors changed checks that the answer reads the state dict it is given.
+    model's own block returns (captured with hooks), for the loaded model and for block 0 of
+    a second, random GPT-2 with other sizes and another LayerNorm epsilon. A run on a state
+    dict with a few tensors changed checks that the answer reads the state dict it is given.
     """
     ids = _prompt_ids(tokenizer, model)
     streams = _run_model(model, ids).streams
@@ -679,33 +623,30 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
     config = model.config
     layers = list(dict.fromkeys([0, config.n_layer - 1]))
     for layer in layers:
-        x, expected = streams[layer], streams[layer + 1]
-        with torch.no_grad():
-            got = _call_unchanged(transformer_block, "transformer_block", (x, sd, layer, config),
-                                  protect=(x,))
-        mistakes = _mistake_outputs(
-            lambda variant, x=x, layer=layer: reference_block(x, sd, layer, config, variant),
-            _block_mistakes())
-        _compare(got, expected, f"transformer_block(x, sd, {layer}, config)", mistakes=mistakes,
-                 rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
-                 hint="x = x + attention(ln_1(x)); x = x + mlp(ln_2(x)), every layer as "
-                      "x @ W + b with W read from sd.")
+        _check_block(transformer_block, f"transformer_block(x, sd, {layer}, config)",
+                     streams[layer], streams[layer + 1], sd, layer, config, model)
     changed = _perturbed_state(sd, layers)
     layer = layers[-1]
     with torch.no_grad():
         expected = reference_block(streams[layer], changed, layer, config)
         got = call_learner(transformer_block, streams[layer], changed, layer, config,
                            name="transformer_block", hints=_LEARNER_HINTS)
-    if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
-            _close(got.detach().float(), streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
+    if close(got, streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
         fail("transformer_block gives the loaded model's output even for a state dict whose "
              "tensors were changed: it does not read the `sd` it is given.",
              "Take every weight from sd, e.g. sd[f'transformer.h.{layer}.ln_1.weight'], not "
              "from model.")
-    _compare(got, expected, f"transformer_block on a state dict with changed weights (layer "
-             f"{layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL, hint="Read every tensor from the sd argument.")
+    check_tensor(got, expected, f"transformer_block on a state dict with changed weights "
+                 f"(layer {layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
+                 hint="Read every tensor from the sd argument.")
+    other = second_gpt2(model)
+    other_streams = _run_model(other, ids).streams
+    _check_block(transformer_block, f"transformer_block on block 0 of a second model (width "
+                 f"{other.config.n_embd}, {other.config.n_head} heads, eps="
+                 f"{other.config.layer_norm_epsilon:g})", other_streams[0], other_streams[1],
+                 _model_state(other), 0, other.config, other)
     passed(f"transformer_block: matches the model's blocks {' and '.join(map(str, layers))} "
-           "and reads its weights from the state dict it is given.")
+           "and a second model's block 0, and reads its weights from the state dict it is given.")
 
 
 # --------------------------------------------------------------------------- exercise 4
@@ -713,71 +654,96 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
 _TIED_HINT = ("GPT-2's output layer is tied to the token embedding: logits = x @ wte.T with "
               "sd['transformer.wte.weight']. GPT-2's own checkpoint files store no separate "
               "lm_head.weight, and this check also runs your function on such a state dict.")
-
+_FORWARD_HINTS = {
+    KeyError: lambda exc: _TIED_HINT if "lm_head" in str(exc) else (
+        f"The state dict has no entry {exc}. Take every size from config (config.n_layer, "
+        "config.n_head, config.layer_norm_epsilon): this check also runs a second model with "
+        "other sizes."),
+    **_LEARNER_HINTS}
 
 # The lesson's target: logits within 1e-4 (plus 1e-5 relative, for trained GPT-2's large logits).
 _LOGITS_RTOL, _LOGITS_ATOL = 1e-5, 1e-4
 
 
-def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
-    """Check ``gpt2_forward(input_ids, sd, config) -> logits`` (seq, vocab) against the model.
-
-    Runs three times: on the model's state dict, on the same without ``lm_head.weight`` (as a
-    checkpoint file stores a tied model), and on a state dict with a few tensors changed,
-    compared with the reference reimplementation, to check the answer reads ``sd``.
-    """
-    ids = _prompt_ids(tokenizer, model)
-    sd = _model_state(model)
-    config = model.config
-    with torch.no_grad():
-        expected = model(ids[None]).logits[0]
-    mistakes = _mistake_outputs(
+def _forward_mistakes(ids: torch.Tensor, sd: Mapping[str, torch.Tensor], config: Any,
+                      expected: torch.Tensor) -> Mistakes:
+    generated = mistakes_from(
         lambda variant: reference_forward(ids, sd, config, variant),
         [(Variant(ln_f=False), "You forgot the final LayerNorm ln_f before the output layer."),
          (Variant(positions="none"), "You forgot the position embeddings: x = wte[ids] + "
                                      "wpe[0..seq-1]."),
          (Variant(positions="shifted"), "The positions are off by one: the first token gets "
                                         "wpe[0], so use torch.arange(seq)."),
-         *_block_mistakes()])
+         *_block_mistakes(config.layer_norm_epsilon)])
 
-    def extra_mistakes() -> Iterable[tuple[torch.Tensor, str]]:
+    def mistakes() -> Iterable[tuple[torch.Tensor, str]]:
         yield expected.softmax(-1), "These are probabilities; return the logits, before any softmax."
         yield expected.log_softmax(-1), "These are log-probabilities; return the raw logits."
-        yield from mistakes()
+        yield from generated()
+    return mistakes
 
-    label = "gpt2_forward(input_ids, sd, config)"
+
+def _forward_answer(gpt2_forward: Callable[..., Any], ids: torch.Tensor,
+                    sd: Mapping[str, torch.Tensor], config: Any, model: nn.Module) -> Any:
     with torch.no_grad():
         got = call_learner(gpt2_forward, ids.clone(), sd, config, name="gpt2_forward",
-                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
+                           hints=_FORWARD_HINTS, model=model)
     if isinstance(got, torch.Tensor) and not got.is_floating_point() and got.shape == ids.shape:
         fail(f"gpt2_forward returned {got.dtype} values of shape {tuple(got.shape)}: token ids, "
              "one per position, probably from an argmax.",
-             f"Return the logits themselves, shape {tuple(expected.shape)}: one score for every "
-             "token of the vocabulary at every position.")
-    _compare(got, expected, label, mistakes=extra_mistakes, rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL,
-             hint="Embeddings plus positions, every block in order, ln_f, then x @ wte.T.")
-    largest = float((got.detach().to(expected.dtype) - expected).abs().max())
+             f"Return the logits themselves, shape ({len(ids)}, {config.vocab_size}): one score "
+             "for every token of the vocabulary at every position.")
+    return got
+
+
+def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
+    """Check ``gpt2_forward(input_ids, sd, config) -> logits`` (seq, vocab) against the model.
+
+    Runs on the model's state dict; on the same without ``lm_head.weight`` (as a checkpoint
+    file stores a tied model); on a second, random GPT-2 with other sizes and another
+    LayerNorm epsilon; and on a state dict with a few tensors changed, compared with the
+    reference reimplementation, to check the answer reads ``sd``.
+    """
+    ids = _prompt_ids(tokenizer, model)
+    sd = _model_state(model)
+    config = model.config
+    with torch.no_grad():
+        expected = model(ids[None]).logits[0]
+    label = "gpt2_forward(input_ids, sd, config)"
+    got = _forward_answer(gpt2_forward, ids, sd, config, model)
+    got = check_tensor(got, expected, label, known_mistakes=_forward_mistakes(ids, sd, config, expected),
+                       rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL,
+                       hint="Embeddings plus positions, every block in order, ln_f, then x @ wte.T.")
+    largest = float((got - expected).abs().max())
     without_head = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    with torch.no_grad():
-        got = call_learner(gpt2_forward, ids.clone(), without_head, config, name="gpt2_forward",
-                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
-    _compare(got, expected, f"{label} for a state dict without lm_head.weight", rtol=_LOGITS_RTOL,
-             atol=_LOGITS_ATOL, hint=_TIED_HINT)
+    check_tensor(_forward_answer(gpt2_forward, ids, without_head, config, model), expected,
+                 f"{label} for a state dict without lm_head.weight", rtol=_LOGITS_RTOL,
+                 atol=_LOGITS_ATOL, hint=_TIED_HINT)
     changed = _perturbed_state(sd, range(config.n_layer), final=True)
+    got = _forward_answer(gpt2_forward, ids, changed, config, model)
     with torch.no_grad():
-        got = call_learner(gpt2_forward, ids.clone(), changed, config, name="gpt2_forward",
-                           hints={KeyError: _TIED_HINT, **_LEARNER_HINTS})
         changed_expected = reference_forward(ids, changed, config)
-    if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
-            _close(got.detach().float(), expected, _LOGITS_RTOL, _LOGITS_ATOL):
+    if close(got, expected, _LOGITS_RTOL, _LOGITS_ATOL):
         fail("gpt2_forward returns the loaded model's logits even for a state dict whose tensors "
              "were changed: it does not read the `sd` it is given.",
              "Compute everything from sd; do not call model(...).")
-    _compare(got, changed_expected, f"{label} on a state dict with changed weights", rtol=_LOGITS_RTOL,
-             atol=_LOGITS_ATOL, hint="Read every tensor from the sd argument.")
+    check_tensor(got, changed_expected, f"{label} on a state dict with changed weights",
+                 rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL, hint="Read every tensor from the sd argument.")
+    other = second_gpt2(model)
+    other_sd = _model_state(other)
+    with torch.no_grad():
+        other_expected = other(ids[None]).logits[0]
+    check_tensor(_forward_answer(gpt2_forward, ids, other_sd, other.config, other), other_expected,
+                 f"{label} for a second model (width {other.config.n_embd}, "
+                 f"{other.config.n_layer} layers of {other.config.n_head} heads, eps="
+                 f"{other.config.layer_norm_epsilon:g})",
+                 known_mistakes=_forward_mistakes(ids, other_sd, other.config, other_expected),
+                 rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL,
+                 hint="Read every size from config (n_layer, n_head, layer_norm_epsilon) and every "
+                      "tensor from sd.")
     passed(f"gpt2_forward: the logits for {len(ids)} tokens match the model's (largest difference "
-           f"{largest:.1e}), also from a state dict without lm_head.weight, and follow the "
-           "state dict's weights when they change.")
+           f"{largest:.1e}), also from a state dict without lm_head.weight and for a second model "
+           "of other sizes, and follow the state dict's weights when they change.")
 
 
 # --------------------------------------------------------------------------- exercise 5
@@ -809,6 +775,10 @@ def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Modul
                    "The temperature has no effect in your answer: divide the logits by it "
                    "before the softmax.")
             yield (logits / temperature, "These are scaled logits: apply the softmax.")
+            yield (reference_next_token_probs(logits, 1.0, top_k) ** (1 / temperature),
+                   "You raised the probabilities to the power 1/temperature but did not "
+                   "renormalise; dividing the logits by the temperature before the softmax does "
+                   "both.")
             yield (torch.log_softmax(logits / temperature, -1) if top_k is None else
                    reference_next_token_probs(logits, temperature, top_k).log(),
                    "These are log-probabilities; return probabilities (softmax, not log_softmax).")
@@ -824,8 +794,8 @@ def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Modul
                         yield (reference_next_token_probs(logits, temperature, k),
                                f"You kept {k} tokens; top_k={top_k} keeps exactly {top_k}.")
 
-        _compare(got, expected, label, mistakes=mistakes, rtol=1e-4, atol=1e-7,
-                 hint="probs = softmax(logits / temperature); with top_k, set every logit below "
+        check_tensor(got, expected, label, known_mistakes=mistakes, rtol=1e-4, atol=1e-7,
+                     hint="probs = softmax(logits / temperature); with top_k, set every logit below "
                       "the k-th largest to -inf first.")
     top = int(logits.argmax())
     passed(f"next_token_probs: right for temperatures 0.5, 0.7, 1 and 2, with and without top-k "

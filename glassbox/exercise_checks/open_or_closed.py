@@ -20,9 +20,16 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
-from typing import Any
 
-from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, passed
+from glassbox.exercise_checks.feedback import (
+    Mistakes,
+    call_learner,
+    check_number,
+    check_type,
+    fail,
+    mistakes_from,
+    passed,
+)
 from glassbox.paths import DATA_DIR
 
 __all__ = [
@@ -107,6 +114,13 @@ def _release_cases() -> list[tuple[str, dict[str, bool]]]:
          _release(False, False, False, False, False)),
         ("training code and data published, but not the weights; an API serves the model",
          _release(False, True, True, True, True)),
+        # Training code and data information must each decide the answer on their own.
+        ("weights and the complete training code under Apache-2.0, but no data information",
+         _release(True, True, False, True, False)),
+        ("weights and full data information under Apache-2.0, but no training code",
+         _release(True, False, True, True, True)),
+        ("training code and data published, but neither the weights nor any API",
+         _release(False, True, True, True, False)),
     ]
 
 
@@ -156,8 +170,9 @@ def check_classify_release(classify_release: Callable[[dict[str, bool]], str]) -
         if got != expected:
             fail(f"{label}: expected {expected!r}, got {got!r}.",
                  _classification_hint(release, got, expected))
-    passed(f"classify_release: all {len(cases)} releases classified as the OSI definition reads, "
-           "from TinyGPT (open source) to ChatGPT (open access).")
+    passed(f"classify_release: all {len(cases)} releases classified as this course's reading of the "
+           "OSI definition does (parameters, training code and data information, each checked on "
+           "its own, under OSI-approved terms), from TinyGPT (open source) to ChatGPT (open access).")
 
 
 # --------------------------------------------------------------------------- exercise 2
@@ -184,7 +199,8 @@ def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], f
 
     Every row of both openness tables is scored; the reference is the table's own sum
     column (``openness_sum_of_14``, ``sum_of_12``), which the check first confirms follows
-    open = 1, partial = 0.5, closed = 0.
+    open = 1, partial = 0.5, closed = 0. The learner's function gets the row without its
+    totals (the sum and the percentage), so it cannot copy them.
     """
     tables = [("openness_opening_up_chatgpt.csv", 14, "openness_sum_of_14", "llmbase"),
               ("openness_osai_index.csv", 12, "sum_of_12", "name")]
@@ -203,8 +219,8 @@ def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], f
                 (100 * expected / len(dimensions), "That is a percentage; the score asked for is the sum "
                                                    "of the points."),
             ]
-            mistakes = [(v, h) for v, h in mistakes if not math.isclose(v, expected)]
-            got = call_learner(openness_score, dict(row), list(dimensions), name="openness_score",
+            given = {k: v for k, v in row.items() if k not in (sum_column, "pct")}  # no totals
+            got = call_learner(openness_score, given, list(dimensions), name="openness_score",
                                hints={KeyError: "Score only the columns named in `dimensions`, and map "
                                                 "'open', 'partial' and 'closed' to 1, 0.5 and 0.",
                                       ValueError: "The cells hold words ('open', 'partial', 'closed'), "
@@ -223,36 +239,37 @@ PER = 1_000_000
 """data/api_prices.csv gives US dollars per million tokens."""
 
 
-def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: int) -> float:
-    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of data/api_prices.csv."""
-    return (input_tokens * float(row["usd_per_1m_input"]) + output_tokens * float(row["usd_per_1m_output"])) / PER
+def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: int, *,
+                       input_price: str = "usd_per_1m_input",
+                       output_price: str = "usd_per_1m_output", per: float = PER) -> float:
+    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of data/api_prices.csv.
+
+    The keyword arguments name the price columns and the unit; their defaults are right, and
+    each usual mistake is this function with one of them changed.
+    """
+    return (input_tokens * float(row[input_price]) + output_tokens * float(row[output_price])) / per
 
 
-def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> list[tuple[float, str]]:
-    price_in, price_out = float(row["usd_per_1m_input"]), float(row["usd_per_1m_output"])
-    cached = float(row["usd_per_1m_cached_input"]) if row.get("usd_per_1m_cached_input") else None
-    candidates = [
-        ((n_in * price_out + n_out * price_in) / PER,
+def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
+    settings = [
+        (dict(input_price="usd_per_1m_output", output_price="usd_per_1m_input"),
          "You swapped the prices: input tokens cost usd_per_1m_input, output tokens usd_per_1m_output."),
-        (n_out * price_out / PER, "You priced only the output tokens: the prompt (input) is paid for too."),
-        (n_in * price_in / PER, "You priced only the input tokens: the generated (output) tokens cost more."),
-        ((n_in + n_out) * price_in / PER, "You priced every token at the input price; output tokens have their own price."),
-        ((n_in + n_out) * price_out / PER, "You priced every token at the output price; input tokens are cheaper."),
-        ((n_in * price_in + n_out * price_out) / 1_000,
-         "The prices are per million tokens (usd_per_1m_...), not per thousand: divide by 1,000,000."),
-        (n_in * price_in + n_out * price_out,
-         "The prices are per million tokens: divide tokens x price by 1,000,000."),
+        (dict(input_tokens=0), "You priced only the output tokens: the prompt (input) is paid for too."),
+        (dict(output_tokens=0), "You priced only the input tokens: the generated (output) tokens cost more."),
+        (dict(output_price="usd_per_1m_input"), "You priced every token at the input price; output "
+                                                "tokens have their own price."),
+        (dict(input_price="usd_per_1m_output"), "You priced every token at the output price; input "
+                                                "tokens are cheaper."),
+        (dict(per=1_000), "The prices are per million tokens (usd_per_1m_...), not per thousand: "
+                          "divide by 1,000,000."),
+        (dict(per=1), "The prices are per million tokens: divide tokens x price by 1,000,000."),
     ]
-    if cached is not None:
-        candidates.append(((n_in * cached + n_out * price_out) / PER,
-                           "usd_per_1m_cached_input is the discount for a prompt the provider has "
-                           "cached; an ordinary request pays usd_per_1m_input."))
-    correct = reference_api_cost(row, n_in, n_out)
-    out: list[tuple[float, str]] = []
-    for value, hint in candidates:
-        if not math.isclose(value, correct, rel_tol=1e-9) and all(not math.isclose(value, v) for v, _ in out):
-            out.append((value, hint))
-    return out
+    if row.get("usd_per_1m_cached_input"):
+        settings.append((dict(input_price="usd_per_1m_cached_input"),
+                         "usd_per_1m_cached_input is the discount for a prompt the provider has "
+                         "cached; an ordinary request pays usd_per_1m_input."))
+    return mistakes_from(lambda **setting: reference_api_cost(
+        row, **{"input_tokens": n_in, "output_tokens": n_out, **setting}), settings)
 
 
 def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:
@@ -318,14 +335,40 @@ SITUATIONS = [
 """(users in the month before the release, users today, train on outputs?, who)."""
 
 
+def _made_up_licences(columns: list[str]) -> list[dict[str, str]]:
+    """Licences that no real row is, where one column alone decides the answer.
+
+    In data/licences.csv some columns always move together (commercial use and the outputs
+    clause are unknown together; a release without weights has no other terms), so these
+    rows take them apart.
+    """
+    def row(name: str, weights: str, commercial: str, outputs: str, threshold: str = "") -> dict[str, str]:
+        made = {column: "" for column in columns}
+        made.update({"model": name, "licence": "made up for this check", "osi_approved": "no",
+                     "weights_released": weights, "commercial_use": commercial,
+                     "outputs_to_train_other_models": outputs, MAU_COLUMN: threshold})
+        return made
+
+    return [
+        row("made-up A (commercial use unknown, outputs allowed)", "yes", "unknown", "allowed"),
+        row("made-up B (commercial use allowed, outputs clause unknown)", "yes", "yes", "unknown"),
+        row("made-up C (no commercial use, outputs allowed)", "yes", "no", "allowed"),
+        row("made-up D (no commercial use, with a 700 million clause)", "yes", "no",
+            "allowed with conditions", "700000000"),
+        row("made-up E (commercial terms, but no weights released)", "no", "yes", "allowed"),
+    ]
+
+
 def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, bool], str]) -> None:
     """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> 'yes' | 'no' | 'unknown'``.
 
-    Every row of data/licences.csv meets six situations, among them a start-up that grew
+    Every row of data/licences.csv, and five made-up rows in which one column alone decides,
+    meets six situations, among them a start-up that grew
     past 700 million after the release (still "yes" under Llama's one-time test) and the
     rows whose terms the course's sources leave open (the answer is "unknown", never "no").
     """
     rows = _rows("licences.csv")
+    rows += _made_up_licences(list(rows[0]))
     for row in rows:
         for at_release, now, train, who in SITUATIONS:
             expected = reference_licence_answer(row, at_release, now, train)
@@ -364,6 +407,9 @@ def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, boo
             if threshold.isdigit() and at_release > int(threshold) and got != "no":
                 fail(case, f"This licence needs a separate licence from Meta when the users in the "
                            f"month before the release exceeded {int(threshold):,}.")
+            if row["commercial_use"] == "no" and got != "no":
+                fail(case, "This licence does not allow commercial use, whatever its other terms say: "
+                           "the answer is 'no'.")
             if train and row["outputs_to_train_other_models"] == "forbidden" and got != "no":
                 fail(case, "This licence forbids using the outputs to improve other language models "
                            "(Llama 2 and Llama 3; Llama 3.1 dropped that ban).")
@@ -374,5 +420,7 @@ def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, boo
             fail(case, "Check, in order: weights released, the release-date users test (if any), "
                        "commercial use, and the outputs clause when train_other_model is true; any "
                        "'no' wins, then any 'unknown'.")
-    passed(f"licence_answer: right for all {len(rows)} licences in {len(SITUATIONS)} situations each; "
-           "unknown stays unknown.")
+    n_made = len(_made_up_licences(list(rows[0])))
+    passed(f"licence_answer: right for all {len(rows)} licences ({len(rows) - n_made} from data/licences.csv, "
+           f"{n_made} made up to separate its columns) in {len(SITUATIONS)} situations each; unknown stays "
+           "unknown.")

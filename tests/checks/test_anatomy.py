@@ -46,7 +46,8 @@ def count_ok(config) -> int:
     d, v, p = config.n_embd, config.vocab_size, config.n_positions
     inner = config.n_inner or 4 * d
     block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (2 * d * inner + inner + d)
-    return v * d + p * d + config.n_layer * block + 2 * d
+    head = 0 if config.tie_word_embeddings else v * d
+    return v * d + p * d + config.n_layer * block + 2 * d + head
 
 
 def test_reference_count_is_gpt2_small_built_on_meta() -> None:
@@ -474,3 +475,112 @@ def test_llama_tied_config_counted_twice() -> None:
     def head_always(c):
         return llama_ok(without(c, tie_word_embeddings=False))
     fails_with(check_count_llama_parameters, head_always, match="count that matrix once")
+
+
+# ----------------------------------------------------------------- issue 16: cases that separate, sizes written in, side effects
+
+def test_count_parameters_always_tied_fails_on_the_untied_config(model) -> None:
+    def always_tied(config):
+        return count_ok(GPT2Config.from_dict({**config.to_dict(), "tie_word_embeddings": True}))
+
+    fails_with(check_count_parameters, always_tied, model,
+               match="tie_word_embeddings=False, so lm_head is a separate")
+
+
+def test_count_parameters_with_gpt2_smalls_layer_count_written_in_fails(model) -> None:
+    def twelve_layers(config):
+        return count_ok(GPT2Config.from_dict({**config.to_dict(), "n_layer": 12}))
+
+    fails_with(check_count_parameters, twelve_layers, model, match="the loaded model's config")
+
+
+def test_conv1d_to_linear_sharing_the_weight_is_named(model) -> None:
+    def shares(conv):
+        linear = nn.Linear(*conv.weight.shape)
+        linear.weight = nn.Parameter(conv.weight.T)
+        linear.bias = conv.bias
+        return linear
+
+    fails_with(check_conv1d_to_linear, shares, model, match="shares its memory")
+
+
+def test_conv1d_to_linear_in_place_transpose_is_undone(model) -> None:
+    weight = model.transformer.h[0].mlp.c_fc.weight
+    before = weight.detach().clone()
+
+    def negates_in_place(conv):
+        with torch.no_grad():
+            conv.weight.neg_()
+            linear = to_linear_ok(conv)
+            linear.weight.neg_()
+        return linear
+
+    fails_with(check_conv1d_to_linear, negates_in_place, model, match="put the original values back")
+    assert torch.equal(weight.detach(), before)
+
+
+def test_split_qkv_with_the_head_size_written_in_fails_on_a_second_model(model) -> None:
+    d_head = model.config.n_embd // model.config.n_head  # the loaded model's, written in
+
+    def fixed_head_size(c_attn, x, n_head):
+        seq, d = x.shape
+        q, k, v = (x @ c_attn.weight + c_attn.bias).split(d, dim=-1)
+        return tuple(t.reshape(seq, -1, d_head).transpose(0, 1) for t in (q, k, v))
+
+    fails_with(check_split_qkv, fixed_head_size, model, match="a second model's block 0 (6 heads of 12)")
+
+
+def test_split_qkv_ignoring_n_head_fails(model) -> None:
+    n = model.config.n_head
+    fails_with(check_split_qkv, lambda c_attn, x, n_head: split_ok(c_attn, x, n), model,
+               match="second model")
+
+
+def test_split_qkv_changing_c_attn_is_undone(model) -> None:
+    weight = model.transformer.h[0].attn.c_attn.weight
+    before = weight.detach().clone()
+
+    def scales_in_place(c_attn, x, n_head):
+        with torch.no_grad():
+            c_attn.weight.mul_(2.0)
+        return split_ok(c_attn, x, n_head)
+
+    fails_with(check_split_qkv, scales_in_place, model, match="changed its c_attn.weight in place")
+    assert torch.equal(weight.detach(), before)
+
+
+def test_size_with_the_parameter_count_written_in_fails_on_a_second_model(model) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+    fails_with(check_model_size_mb, lambda m, dtype: n_params * dtype.itemsize / 1e6, model,
+               match="model_size_mb(a second model")
+
+
+def test_size_converting_the_model_is_named(model) -> None:
+    def converts(m, dtype):
+        m.to(torch.float16)
+        return sum(p.numel() for p in m.parameters()) * dtype.itemsize / 1e6
+
+    try:
+        fails_with(check_model_size_mb, converts, model, match="changed")
+    finally:
+        model.float()
+
+
+def test_size_leaving_training_mode_is_named(model) -> None:
+    def trains(m, dtype):
+        m.train()
+        return size_ok(m, dtype)
+
+    fails_with(check_model_size_mb, trains, model, match="left the model in training mode")
+
+
+def test_llama_head_dim_from_hidden_over_heads_is_named() -> None:
+    def derived_head_dim(c):
+        return llama_ok(without(c, head_dim=c["hidden_size"] // c["num_attention_heads"]))
+
+    fails_with(check_count_llama_parameters, derived_head_dim, match="The config gives head_dim")
+
+
+def test_llama_always_tied_fails() -> None:
+    fails_with(check_count_llama_parameters, lambda c: llama_ok(without(c, tie_word_embeddings=True)),
+               match="does not tie")

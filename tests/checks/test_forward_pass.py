@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from glassbox.exercise_checks.feedback import ExerciseFailed
+from glassbox.exercise_checks import forward_pass as fp
 from glassbox.exercise_checks.forward_pass import (
     check_attention_head,
     check_gpt2_forward,
@@ -250,7 +251,7 @@ def test_attention_head_conv1d_transpose_is_explained(tinygpt) -> None:
 @pytest.mark.parametrize("wrong, hint", [
     (lambda *a: head_ok(*a)[0], "expected a tuple"),
     (lambda *a: None, "return pattern, z"),
-    (lambda *a: (head_ok(*a)[0],), "length 1"),
+    (lambda *a: (head_ok(*a)[0],), "z is missing"),
     (lambda *a: head_ok(*a)[::-1], "has shape"),
     (lambda x, w, b, n, h: (head_ok(x, w, b, n, h)[0],
                             (x @ w + b).split(x.shape[1], -1)[2][:, h * (x.shape[1] // n):
@@ -404,3 +405,171 @@ def test_next_token_probs_numpy(tinygpt) -> None:
     fails_with(check_next_token_probs,
                lambda logits, t=1.0, k=None: np.asarray(probs_ok(logits, t, k)), *tinygpt,
                match="torch.from_numpy")
+
+
+# ----------------------------------------------------------------- issue 16: a second configuration, side effects, tolerances
+#
+# TinyGPT has 4 layers of 4 heads of 16, width 64, LayerNorm eps 1e-5. An answer with those
+# numbers written in passes on TinyGPT alone; the checks also run a second, random GPT-2
+# (feedback.second_gpt2: 2 layers of 6 heads of 8, width 48, eps 1e-2), where it must fail.
+
+def ln_width_64(x, w, b, eps):
+    mean = x.sum(-1, keepdim=True) / 64
+    var = ((x - mean) ** 2).sum(-1, keepdim=True) / 64
+    return (x - mean) / torch.sqrt(var + eps) * w + b
+
+
+def test_layer_norm_with_tinygpts_width_written_in_fails_on_the_second_model(tinygpt) -> None:
+    fails_with(check_layer_norm, ln_width_64, *tinygpt, match="second model's stream (width 48")
+
+
+def test_layer_norm_changing_its_weight_is_named_and_undone(tinygpt) -> None:
+    model, _ = tinygpt
+    weight = model.transformer.h[-1].ln_2.weight
+    before = weight.detach().clone()
+
+    def scales_weight_in_place(x, w, b, eps):
+        w.mul_(2.0)
+        return ln_ok(x, w / 2.0, b, eps)
+
+    fails_with(check_layer_norm, scales_weight_in_place, *tinygpt,
+               match="changed its weight in place; the check has put the original values back")
+    assert torch.equal(weight.detach(), before)
+
+
+def test_layer_norm_every_named_mistake_is_outside_the_tolerance(tinygpt) -> None:
+    """Each mistake the check names must be rejected on the check's own inputs (tolerance 1e-4)."""
+    for variant, hint in fp._LN_MISTAKES + fp._eps_mistakes(1e-5):
+        def wrong(x, w, b, eps, variant=variant):
+            return fp.reference_layer_norm(x, w, b, eps, variant)
+        fails_with(check_layer_norm, wrong, *tinygpt, match=hint[:40])
+
+
+def head_d16(x, w_qkv, b_qkv, n_head, head):
+    """d_head written in as TinyGPT's 16."""
+    seq, d = x.shape
+    q, k, v = (x @ w_qkv + b_qkv).split(d, dim=-1)
+    cols = slice(head * 16, (head + 1) * 16)
+    scores = q[:, cols] @ k[:, cols].T / math.sqrt(16)
+    scores = scores.masked_fill(torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1), float("-inf"))
+    pattern = scores.softmax(-1)
+    return pattern, pattern @ v[:, cols]
+
+
+def test_attention_head_with_tinygpts_head_size_written_in_fails(tinygpt) -> None:
+    fails_with(check_attention_head, head_d16, *tinygpt, match="second model's layer 0")
+
+
+def test_attention_head_ignoring_n_head_fails(tinygpt) -> None:
+    fails_with(check_attention_head, lambda x, w, b, n_head, head: head_ok(x, w, b, 4, head),
+               *tinygpt, match="(6 heads of 8)")
+
+
+def test_attention_head_changing_w_qkv_is_named_and_undone(tinygpt) -> None:
+    model, _ = tinygpt
+    weight = model.transformer.h[0].attn.c_attn.weight
+    before = weight.detach().clone()
+
+    def transposes_in_place(x, w, b, n_head, head):
+        w.mul_(-1.0).mul_(-1.0).add_(1.0)
+        return head_ok(x, w - 1.0, b, n_head, head)
+
+    fails_with(check_attention_head, transposes_in_place, *tinygpt, match="changed its w_qkv in place")
+    assert torch.equal(weight.detach(), before)
+
+
+def test_transformer_block_with_tinygpts_epsilon_written_in_is_named(tinygpt) -> None:
+    def block_eps_1e5(x, sd, layer, config):
+        return block_ok(x, sd, layer, config, layer_norm=lambda t, w, b, eps: ln_ok(t, w, b, 1e-5))
+
+    fails_with(check_transformer_block, block_eps_1e5, *tinygpt,
+               match="LayerNorm with eps = 1e-05; use config.layer_norm_epsilon (0.01 here)")
+
+
+def test_transformer_block_with_tinygpts_heads_written_in_fails(tinygpt) -> None:
+    def block_4_heads(x, sd, layer, config):
+        p = f"transformer.h.{layer}."
+        z = torch.cat([head_ok(ln_ok(x, sd[p + "ln_1.weight"], sd[p + "ln_1.bias"],
+                                     config.layer_norm_epsilon),
+                               sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"], 4, i)[1]
+                       for i in range(4)], dim=-1)
+        x = x + z @ sd[p + "attn.c_proj.weight"] + sd[p + "attn.c_proj.bias"]
+        h = F.gelu(ln_ok(x, sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], config.layer_norm_epsilon)
+                   @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"], approximate="tanh")
+        return x + h @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
+
+    fails_with(check_transformer_block, block_4_heads, *tinygpt, match="6 heads")
+
+
+def test_transformer_block_writing_into_the_state_dict_is_named(tinygpt) -> None:
+    def edits_sd(x, sd, layer, config):
+        sd[f"transformer.h.{layer}.ln_1.bias"].add_(1.0)
+        out = block_ok(x, {**sd, f"transformer.h.{layer}.ln_1.bias":
+                           sd[f"transformer.h.{layer}.ln_1.bias"] - 1.0}, layer, config)
+        return out
+
+    model, _ = tinygpt
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        fails_with(check_transformer_block, edits_sd, *tinygpt,
+                   match="changed 1 of the model's weight tensors in place")
+    finally:  # the check cannot undo a change it only sees as a digest; restore for other tests
+        model.load_state_dict(before)
+
+
+def test_gpt2_forward_with_tinygpts_layer_count_written_in_is_named(tinygpt) -> None:
+    def four_layers(ids, sd, config):
+        from types import SimpleNamespace
+        return forward_ok(ids, sd, SimpleNamespace(**{**config.to_dict(), "n_layer": 4}))
+
+    fails_with(check_gpt2_forward, four_layers, *tinygpt, match="take every size from config")
+
+
+def test_gpt2_forward_with_tinygpts_epsilon_written_in_is_named(tinygpt) -> None:
+    def eps_1e5(ids, sd, config):
+        from types import SimpleNamespace
+        return forward_ok(ids, sd, SimpleNamespace(**{**config.to_dict(), "layer_norm_epsilon": 1e-5}))
+
+    fails_with(check_gpt2_forward, eps_1e5, *tinygpt, match="use config.layer_norm_epsilon (0.01 here)")
+
+
+def test_gpt2_forward_leaving_gradients_on_the_model_is_named(tinygpt) -> None:
+    """An answer that runs backward through the loaded model leaves gradients on it: named."""
+    model, _ = tinygpt
+
+    def with_backward(ids, sd, config):
+        with torch.enable_grad():
+            model(ids[None]).logits.sum().backward()
+        return forward_ok(ids, sd, config)
+
+    try:
+        fails_with(check_gpt2_forward, with_backward, *tinygpt, match="left gradients on")
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def test_next_token_probs_second_temperature_mistakes_are_outside_the_tolerance(tinygpt) -> None:
+    """Temperature applied as a power of the probabilities without renormalising is rejected."""
+    fails_with(check_next_token_probs, lambda logits, t=1.0, k=None: probs_ok(logits, 1.0, k) ** (1 / t),
+               *tinygpt, match="raised the probabilities to the power 1/temperature")
+
+
+def test_next_token_probs_top_k_counting_ties_is_rejected(tinygpt) -> None:
+    """Keeping k tokens by rank is right; keeping every token above a probability floor is not."""
+    def floor(logits, t=1.0, k=None):
+        probs = (logits / t).softmax(-1)
+        if k is not None:
+            probs = probs * (probs >= 0.01)
+            probs = probs / probs.sum()
+        return probs
+
+    fails_with(check_next_token_probs, floor, *tinygpt, match="top_k=5")
+
+
+def test_next_token_probs_changing_the_logits_in_place_does_not_matter_to_the_check(tinygpt, capsys) -> None:
+    """The check hands the learner a copy of the logits, so dividing it in place is no mistake."""
+    def in_place(logits, t=1.0, k=None):
+        logits /= t
+        return probs_ok(logits, 1.0, k)
+
+    passes(check_next_token_probs, in_place, *tinygpt, capsys=capsys)

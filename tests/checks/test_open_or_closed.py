@@ -217,3 +217,105 @@ def test_licence_empty_threshold_int_crash_gets_hint() -> None:
 
 def test_answers_are_three() -> None:
     assert ANSWERS == ("yes", "no", "unknown")
+
+
+# ----------------------------------------------------------------- issue 16: cases where one input alone decides
+
+def test_classify_training_code_without_data_is_not_open_source() -> None:
+    def code_is_enough(r):
+        if r["weights"] and r["training_code"] and r["osi_licence"]:
+            return "open source"
+        return classify_ok(r)
+
+    fails_with(check_classify_release, code_is_enough, match="no data information")
+
+
+def test_classify_data_without_training_code_is_not_open_source() -> None:
+    def data_is_enough(r):
+        if r["weights"] and r["data_information"] and r["osi_licence"]:
+            return "open source"
+        return classify_ok(r)
+
+    fails_with(check_classify_release, data_is_enough, match="but no training code")
+
+
+def test_classify_published_code_without_api_is_not_open_access() -> None:
+    def code_is_access(r):
+        if not r["weights"] and (r["api"] or r["training_code"]):
+            return "open access"
+        return classify_ok(r)
+
+    fails_with(check_classify_release, code_is_access, match="offered to no one")
+
+
+def test_openness_cannot_copy_the_published_sum() -> None:
+    def copies(row, dims):
+        return float(row.get("openness_sum_of_14") or row["sum_of_12"])
+
+    fails_with(check_openness_score, copies, match="raised KeyError")
+
+
+def test_openness_cannot_copy_the_percentage() -> None:
+    """The OSAI table publishes a percentage too; the learner's row leaves it out."""
+    fails_with(check_openness_score, lambda row, dims: float(row["pct"]) * len(dims) / 100,
+               match="raised KeyError: 'pct'")
+
+
+def test_openness_rounded_to_whole_points_is_rejected() -> None:
+    fails_with(check_openness_score, lambda row, dims: float(round(score_ok(row, dims))),
+               match="off by")
+
+
+def test_cost_at_one_rows_prices_fails_on_the_others() -> None:
+    first = next(csv.DictReader((DATA_DIR / "api_prices.csv").open()))
+    fails_with(check_api_cost, lambda row, i, o: cost_ok(first, i, o), match="api_cost for")
+
+
+def test_cost_rounded_to_cents_is_rejected() -> None:
+    """A request costs far less than a cent: rounding the dollars to cents is off."""
+    fails_with(check_api_cost, lambda row, i, o: round(cost_ok(row, i, o), 2),
+               match="a 1,000-token prompt with a 200-token answer: expected")
+
+
+def test_cost_outputs_at_the_cached_price_is_not_confused_with_a_swap() -> None:
+    def swapped(row, i, o):
+        return cost_ok({**row, "usd_per_1m_input": row["usd_per_1m_output"],
+                        "usd_per_1m_output": row["usd_per_1m_input"]}, i, o)
+
+    fails_with(check_api_cost, swapped, match="swapped the prices")
+
+
+def test_licence_unknown_commercial_use_decides_alone() -> None:
+    def outputs_only_unknown(row, r, n, t):
+        answer = answer_ok(row, r, n, t)
+        if answer == "unknown" and row["commercial_use"] == "unknown" and \
+                row["outputs_to_train_other_models"] != "unknown":
+            return "yes"
+        return answer
+
+    fails_with(check_licence_answer, outputs_only_unknown, match="made-up A")
+
+
+def test_licence_unknown_outputs_clause_decides_alone() -> None:
+    def ignores_outputs_unknown(row, r, n, t):
+        answer = answer_ok(row, r, n, t)
+        return "yes" if answer == "unknown" and row["commercial_use"] == "yes" else answer
+
+    fails_with(check_licence_answer, ignores_outputs_unknown, match="made-up B")
+
+
+def test_licence_no_commercial_use_decides_alone() -> None:
+    def ignores_commercial_no(row, r, n, t):
+        return answer_ok({**row, "commercial_use": "yes" if row["commercial_use"] == "no"
+                          else row["commercial_use"]}, r, n, t)
+
+    fails_with(check_licence_answer, ignores_commercial_no, match="does not allow commercial use")
+
+
+def test_licence_commercial_terms_without_weights_are_still_no() -> None:
+    def terms_first(row, r, n, t):
+        if row["commercial_use"] == "yes" and not t and row[MAU_COLUMN] in ("", "n/a"):
+            return "yes"
+        return answer_ok(row, r, n, t)
+
+    fails_with(check_licence_answer, terms_first, match="No weights were released")

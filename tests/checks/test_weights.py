@@ -140,7 +140,7 @@ def in_place(text, embeddings, tokenizer, k):
     (columns_normalised, "dim=0 would normalise the columns"),
     (least_similar, "least similar"),
     (stripped, "encode the text exactly as given"),
-    (in_place, "changed the embeddings"),
+    (in_place, "changed its embeddings in place"),
     (lambda t, e, tok, k: nn_ok(t, e, tok, k)[::-1], "wrong order"),
     (lambda t, e, tok, k: [tok.decode([i]) for i in nn_ok(t, e, tok, k)], "strings"),
     (lambda t, e, tok, k: F.normalize(e, dim=1)[:k, 0], "similarities"),
@@ -169,7 +169,7 @@ def test_nearest_using_the_model_instead_of_the_argument(model, tokenizer) -> No
 
 def test_nearest_in_place_edit_leaves_the_model_intact(model, tokenizer) -> None:
     before = model.transformer.wte.weight.detach().clone()
-    fails_with(check_nearest_neighbours, in_place, model, tokenizer, match="copy")
+    fails_with(check_nearest_neighbours, in_place, model, tokenizer, match="put the original values back")
     assert torch.equal(model.transformer.wte.weight.detach(), before)
 
 
@@ -248,7 +248,7 @@ def in_place_centring(positions, n):
     (not_centred, "Centre first"),
     (wrong_axis, "wrong axis"),
     (ascending, "largest variance comes first"),
-    (in_place_centring, "changed the matrix"),
+    (in_place_centring, "changed its positions in place"),
     (lambda x, n: (pca_ok(x, n)[0], torch.linalg.svdvals(x - x.mean(0))[:n]
                    / torch.linalg.svdvals(x - x.mean(0)).sum()), "squared singular values"),
     (lambda x, n: (pca_ok(x, n)[0], pca_ok(x, n)[1] / pca_ok(x, n)[1].sum()), "total variance"),
@@ -258,7 +258,7 @@ def in_place_centring(positions, n):
                    pca_ok(x, n)[1]), "principal directions"),
     (lambda x, n: (pca_ok(x, n)[0].T, pca_ok(x, n)[1]), "transpose"),
     (lambda x, n: (pca_ok(x, n)[1], pca_ok(x, n)[0]), "wrong way round"),
-    (lambda x, n: pca_ok(x, n)[0], "pair (coords, ratios)"),
+    (lambda x, n: pca_ok(x, n)[0], "expected a tuple (coords, ratios)"),
     (lambda x, n: None, "return coords, ratios"),
     (lambda x, n: (None, pca_ok(x, n)[1]), "None"),
     (lambda x, n: (torch.full_like(pca_ok(x, n)[0], float("nan")), pca_ok(x, n)[1]), "NaN"),
@@ -355,7 +355,7 @@ def in_place_scale(matrix):
     (lambda m: erank_ok(m) / min(m.shape), "divided by the matrix size"),
     (lambda m: int(torch.linalg.matrix_rank(m)), "ordinary rank"),
     (lambda m: torch.linalg.svdvals(m), "expected one number"),
-    (in_place_scale, "changed the matrix"),
+    (in_place_scale, "changed its matrix in place"),
     (lambda m: None, "return"),
     (lambda m: "6.0", "should be a number"),
     (lambda m: float("nan"), "NaN"),
@@ -476,3 +476,87 @@ def test_qk_in_place_edit_is_undone(model) -> None:
     fails_with(check_qk_singular_values, edits_in_place, model,
                match="put the original values back")
     assert torch.equal(model.transformer.h[0].attn.c_attn.weight.detach(), before)
+
+
+# ----------------------------------------------------------------- issue 16: sizes written in, side effects
+
+def test_nearest_with_k_written_in_fails(model, tokenizer) -> None:
+    fails_with(check_nearest_neighbours, lambda text, e, tok, k: nn_ok(text, e, tok, 8), model,
+               tokenizer, match="has 8 ids, expected k = 5")
+
+
+def test_nearest_mean_of_normalised_vectors_is_named(model, tokenizer) -> None:
+    def unit_mean(text, embeddings, tokenizer, k):
+        ids = tokenizer.encode(text)
+        query = F.normalize(embeddings[ids], dim=1).mean(0)
+        sims = F.normalize(embeddings, dim=1) @ F.normalize(query, dim=0)
+        sims[ids] = -math.inf
+        return sims.topk(k).indices.tolist()
+
+    fails_with(check_nearest_neighbours, unit_mean, model, tokenizer,
+               match="averaged the normalised vectors")
+
+
+def test_pca_with_n_components_written_in_fails(model) -> None:
+    fails_with(check_position_pca, lambda positions, n: pca_ok(positions, 3), model,
+               match="n_components=2")
+
+
+def test_pca_in_place_centring_is_undone(model) -> None:
+    before = model.transformer.wpe.weight.detach().clone()
+
+    def centres_in_place(positions, n):
+        positions -= positions.mean(dim=0)
+        return pca_ok(positions, n)
+
+    fails_with(check_position_pca, centres_in_place, model, match="put the original values back")
+    assert torch.equal(model.transformer.wpe.weight.detach(), before)
+
+
+def test_effective_rank_in_place_normalisation_is_undone(model) -> None:
+    before = model.transformer.h[0].attn.c_attn.weight.detach().clone()
+
+    def normalises_in_place(matrix):
+        matrix /= matrix.norm()
+        s = torch.linalg.svdvals(matrix.double())
+        s = s[s > 1e-12 * s.max()]
+        p = s / s.sum()
+        return float(torch.exp(-(p * p.log()).sum()))
+
+    fails_with(check_effective_rank, normalises_in_place, model, match="put the original values back")
+    assert torch.equal(model.transformer.h[0].attn.c_attn.weight.detach(), before)
+
+
+def test_qk_with_the_head_size_written_in_fails_on_a_second_model(model) -> None:
+    dh = model.config.n_embd // model.config.n_head  # the loaded model's, written in
+
+    def fixed_head_size(model, layer, head):
+        d = model.config.n_embd
+        w = model.transformer.h[layer].attn.c_attn.weight.detach()
+        q = w[:, :d][:, head * dh:(head + 1) * dh]
+        k = w[:, d:2 * d][:, head * dh:(head + 1) * dh]
+        return torch.linalg.svdvals(q @ k.T)[:dh]
+
+    fails_with(check_qk_singular_values, fixed_head_size, model,
+               match="a second model with 6 heads of 8")
+
+
+def test_qk_leaving_gradients_is_named(model) -> None:
+    def with_backward(model, layer, head):
+        d = model.config.n_embd
+        dh = d // model.config.n_head
+        w = model.transformer.h[layer].attn.c_attn.weight
+        s = torch.linalg.svdvals(w[:, :d][:, head * dh:(head + 1) * dh]
+                                 @ w[:, d:2 * d][:, head * dh:(head + 1) * dh].T)[:dh]
+        s.sum().backward()
+        return s.detach()
+
+    fails_with(check_qk_singular_values, with_backward, model, match="left gradients on")
+
+
+def test_qk_leaving_training_mode_is_named(model) -> None:
+    def trains(model, layer, head):
+        model.train()
+        return qk_ok(model, layer, head)
+
+    fails_with(check_qk_singular_values, trains, model, match="left the model in training mode")
