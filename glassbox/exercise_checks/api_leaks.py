@@ -26,14 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from glassbox import measure
 from glassbox.exercise_checks.feedback import (
+    as_number,
     call_learner,
     check_number,
     check_type,
     fail,
     passed,
+    second_gpt2,
 )
+from glassbox.measure import sentence_loss
 
 __all__ = [
     "check_auc",
@@ -122,15 +124,9 @@ def _tied_pair_fraction(member_scores: Sequence[float], nonmember_scores: Sequen
     return sum(a[v] * b[v] for v in a) / (sum(a.values()) * sum(b.values()))
 
 
-def _sentence_loss(model: nn.Module, tokenizer: Any, text: str) -> tuple[float, int]:
-    """Mean next-token loss of ``text`` in nats (as ``model(ids, labels=ids).loss``) and its token count."""
-    return measure.sentence_loss(model, tokenizer, text, prefix=""), len(tokenizer(text).input_ids)
-
-
 def reference_zlib_ratio(model: nn.Module, tokenizer: Any, text: str) -> float:
     """The model's mean loss on ``text`` (nats per token) over its zlib-compressed length (bytes)."""
-    loss, _ = _sentence_loss(model, tokenizer, text)
-    return loss / len(zlib.compress(text.encode("utf-8")))
+    return sentence_loss(model, tokenizer, text, prefix="") / len(zlib.compress(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -171,24 +167,19 @@ def _model_logprobs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def _as_count(got: Any, name: str) -> int:
-    """The learner's estimate as an int, with a clear message for other types."""
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            fail(f"{name} should be one whole number, got a tensor of shape {tuple(got.shape)}.",
-                 "Return the estimate of h, not the singular values or the ratios.")
-        got = got.item()
-    elif hasattr(got, "item") and hasattr(got, "dtype") and getattr(got, "size", 1) == 1:  # numpy scalars
-        got = got.item()
-    if got is None:
-        fail(f"{name} is None, expected a whole number.", "Did you forget the `return` statement?")
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        fail(f"{name} should be a whole number (an int), got {type(got).__name__} {got!r:.40}.",
-             "Return one whole number, the estimate of h: int(...) of the index you found.")
-    if isinstance(got, float) and (math.isnan(got) or not got.is_integer()):
-        fail(f"{name} should be a whole number (a count of dimensions), got {got!r}.",
-             "Use int(...) on the index you found.")
-    return int(got)
+def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch.Tensor,
+              what: str) -> int:
+    """The learner's estimate for ``matrix`` as an int (the matrix must come back unchanged)."""
+    got = call_learner(estimate_hidden_size, matrix, name="estimate_hidden_size",
+                       protect={"matrix": matrix},
+                       hints={IndexError: "Take every size from the matrix you are given "
+                                          "(logprobs.shape), never from the loaded model."})
+    if isinstance(got, torch.Tensor) and got.numel() != 1:
+        fail(f"estimate_hidden_size on {what} should be one whole number, got a tensor of shape "
+             f"{tuple(got.shape)}.", "Return the estimate of h, not the singular values or the ratios.")
+    return int(as_number(got, f"estimate_hidden_size on {what}", integer=True,
+                         hint="Return one whole number, the estimate of h: int(...) of the index "
+                              "you found."))
 
 
 def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any],
@@ -205,10 +196,9 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
     plain = _low_rank_matrix(n, m, rank, row_offsets=False, seed=7)
     shifted = _low_rank_matrix(n, m, rank, row_offsets=True, seed=7)
     name = "estimate_hidden_size"
-    got_plain = _as_count(call_learner(estimate_hidden_size, plain.clone(), name=name),
-                          f"{name} on a {n} x {m} matrix of rank {rank}")
-    got_shifted = _as_count(call_learner(estimate_hidden_size, shifted.clone(), name=name),
-                            f"{name} on the same matrix with a constant added to each row")
+    got_plain = _estimate(estimate_hidden_size, plain, f"a {n} x {m} matrix of rank {rank}")
+    got_shifted = _estimate(estimate_hidden_size, shifted,
+                            "the same matrix with a constant added to each row")
     head = f"On a {n} x {m} matrix of rank {rank} (built by the check)"
     skip_hint = ("The first singular value is large because every row shares a big common part "
                  "(the average row, like the average logits of all prompts): lambda_1/lambda_2 "
@@ -244,20 +234,22 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
     if got_shifted != rank:
         fail(f"With a constant added to each row, you estimated {got_shifted}, expected {rank}.",
              "Subtract the first column from every column before the SVD.")
-    h = int(model.config.n_embd)
-    logprobs = _model_logprobs(model, h + 16, seed=0)
-    got_model = _as_count(call_learner(estimate_hidden_size, logprobs.clone(), name=name),
-                          f"{name} on the loaded model's log-probabilities")
-    reference = reference_hidden_size(logprobs)
-    accepted = {h, h - 1, reference}
-    if got_model not in accepted:
-        fail(f"On the loaded model's log-probabilities for {h + 16} random prompts "
-             f"(shape {tuple(logprobs.shape)}), you estimated {got_model}; the model's config says "
-             f"n_embd = {h}, and {h} or {h - 1} is accepted.",
-             "Your function was right on the synthetic matrices: check that it uses the whole "
-             "matrix it is given (no fixed sizes inside).")
-    passed(f"estimate_hidden_size: exact on two synthetic matrices of rank {rank}, and "
-           f"{got_model} on the loaded model, whose config says n_embd = {h}.")
+    second = second_gpt2(model)
+    found = []
+    for who, lm in (("the loaded model", model), ("a second, random GPT-2", second)):
+        h = int(lm.config.n_embd)
+        logprobs = _model_logprobs(lm, h + 16, seed=0)
+        got_model = _estimate(estimate_hidden_size, logprobs, f"{who}'s log-probabilities")
+        if got_model not in {h, h - 1, reference_hidden_size(logprobs)}:
+            fail(f"On {who}'s log-probabilities for {h + 16} random prompts (shape "
+                 f"{tuple(logprobs.shape)}), you estimated {got_model}; its config says n_embd = "
+                 f"{h}, and {h} or {h - 1} is accepted.",
+                 "Your function was right on the synthetic matrices: check that it uses the whole "
+                 "matrix it is given (no fixed sizes inside).")
+        found.append((got_model, h))
+    passed(f"estimate_hidden_size: exact on two synthetic matrices of rank {rank}; {found[0][0]} on "
+           f"the loaded model, whose config says n_embd = {found[0][1]}; and {found[1][0]} on a "
+           f"second, random GPT-2 with n_embd = {found[1][1]}.")
 
 
 # --------------------------------------------------------------------------- exercise 2
@@ -310,10 +302,12 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
          {tokens[5]: 100.0, **{t: 60.0 for t in tokens[6:11]}}),
         ("3 biased tokens, so the top 5 also holds 2 unbiased ones", "The farmer went to the",
          {tokens[11]: 100.0, tokens[12]: 90.0, tokens[13]: 80.0}),
+        ("the reference is the third biased token, neither the first nor the most likely",
+         "The teacher said that", {tokens[0]: 85.0, tokens[1]: 100.0, tokens[2]: 90.0, tokens[3]: 95.0}),
     ]
     name = "logit_differences"
-    for label, prompt, bias in cases:
-        reference_id = next(iter(bias))
+    for index, (label, prompt, bias) in enumerate(cases):
+        reference_id = list(bias)[2 if index == len(cases) - 1 else 0]
         token_ids = {tokenizer.decode([t]): t for t in bias}
         top, logits = _biased_top_k(model, tokenizer, prompt, bias)
         got = call_learner(logit_differences, dict(top), dict(bias), dict(token_ids), reference_id,
@@ -344,6 +338,11 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
                     "Go through every string in top_logprobs that is a key of token_ids.")
             fail(f"{name} ({label}): token ids {missing} are missing from your dict.", hint)
         ref_lp = top[tokenizer.decode([reference_id])]
+        values = {t: as_number(got[t], f"{name} ({label})[{t}]") for t in expected}
+        if all(math.isclose(values[t], expected[t], abs_tol=1e-3) for t in expected):
+            continue
+        top_id = token_ids[max((s for s in top if s in token_ids), key=top.get)]
+        first_id = next(iter(bias))
         mistakes = {
             "forgot the bias": {t: expected[t] + bias[t] - bias[reference_id] for t in expected},
             "raw logprobs": {t: top[tokenizer.decode([t])] for t in expected},
@@ -351,6 +350,8 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
             "sign": {t: -expected[t] for t in expected},
             "bias added": {t: expected[t] + 2 * (bias[t] - bias[reference_id]) for t in expected},
             "no reference": {t: top[tokenizer.decode([t])] - ref_lp for t in expected},
+            "top as reference": {t: expected[t] - expected[top_id] for t in expected},
+            "first as reference": {t: expected[t] - expected.get(first_id, 0.0) for t in expected},
         }
         hints = {
             "forgot the bias": "Subtract each token's own bias before taking the difference: the "
@@ -362,30 +363,24 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
                                  "contains the normaliser. Subtract the reference token's value too.",
             "sign": "The sign is reversed: return logit(token) - logit(reference).",
             "bias added": "You added the bias instead of subtracting it.",
+            "top as reference": "You took the most likely token as the reference. Subtract the value "
+                                "of reference_id, the token you are given, whichever its rank.",
+            "first as reference": "You took the first biased token as the reference. Subtract the "
+                                  "value of reference_id, the token you are given.",
             "no reference": "Logprob differences are logit differences only once each token's bias is "
                             "removed: subtract logit_bias[token] from each logprob first.",
         }
-        ok = all(_is_number(got[t]) and math.isclose(float(got[t]), expected[t], abs_tol=1e-3)
-                 for t in expected)
-        if ok:
-            continue
-        for key, values in mistakes.items():
-            if all(_is_number(got[t]) and math.isclose(float(got[t]), values[t], abs_tol=1e-3)
-                   for t in expected):
+        for key, wrong in mistakes.items():
+            if any(not math.isclose(wrong[t], expected[t], abs_tol=1e-3) for t in expected) and \
+                    all(math.isclose(values[t], wrong[t], abs_tol=1e-3) for t in expected):
                 fail(f"{name} ({label}): the keys are right, the values are not.", hints[key])
-        bad = next(t for t in expected if not (_is_number(got[t]) and
-                                              math.isclose(float(got[t]), expected[t], abs_tol=1e-3)))
+        bad = next(t for t in expected if not math.isclose(values[t], expected[t], abs_tol=1e-3))
         fail(f"{name} ({label}): for token {bad} ({tokenizer.decode([bad])!r}) expected "
-             f"{expected[bad]:.4f}, got {got[bad]!r}.",
+             f"{expected[bad]:.4f}, got {values[bad]!r}.",
              "logit(t) - logit(ref) = (logprob(t) - bias(t)) - (logprob(ref) - bias(ref)).")
     passed("logit_differences: the model's true logit differences, recovered from top-5 "
-           "log-probabilities under three different biases.")
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and not bool(torch.isnan(value))
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+           f"log-probabilities under {len(cases)} different biases, one of them with a reference "
+           "token that is neither the first biased nor the most likely.")
 
 
 # --------------------------------------------------------------------------- exercise 3
@@ -449,7 +444,7 @@ def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn
     """
     name = "zlib_ratio"
     for text in _zlib_sentences():
-        loss, n_tokens = _sentence_loss(model, tokenizer, text)
+        loss, n_tokens = sentence_loss(model, tokenizer, text, prefix=""), len(tokenizer(text).input_ids)
         compressed = len(zlib.compress(text.encode("utf-8")))
         expected = loss / compressed
         mistakes = [
@@ -462,11 +457,14 @@ def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn
             (compressed / loss, "The ratio is upside down: loss / compressed length."),
             (loss / math.log(2) / compressed, "You used bits (log base 2); keep the model's loss in "
                                               "nats, as it comes."),
+            (sentence_loss(model, tokenizer, text) / compressed,
+             "You put <|endoftext|> before the text: score the text exactly as it is, "
+             "model(ids, labels=ids) on its own tokens."),
         ]
         if len(text.encode("utf-8")) != len(text):
             mistakes.append((loss / len(text.encode("utf-8")), "You divided by the raw length in "
                                                                "bytes; compress it first."))
-        got = call_learner(zlib_ratio, model, tokenizer, text, name=name,
+        got = call_learner(zlib_ratio, model, tokenizer, text, name=name, model=model,
                            hints={TypeError: "zlib.compress needs bytes: text.encode('utf-8')."})
         check_number(got, expected, f"{name} for {text[:40]!r}", known_mistakes=mistakes,
                      rel_tol=1e-4,

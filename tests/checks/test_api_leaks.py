@@ -140,7 +140,7 @@ def test_estimate_hidden_size_known_mistakes(model, wrong, hint) -> None:
 
 
 @pytest.mark.parametrize("answer, hint", [
-    (None, "return"), (float("nan"), "whole number"), ("64", "should be a whole number (an int), got str"),
+    (None, "return"), (float("nan"), "is nan"), ("64", "got the text '64'"),
     (12.5, "whole number"), ([13], "got list"), (torch.arange(3), "tensor of shape (3,)"),
 ])
 def test_estimate_hidden_size_bad_types(model, answer, hint) -> None:
@@ -356,3 +356,89 @@ def test_checks_do_not_depend_on_global_random_state(model) -> None:
     random.seed(123)
     torch.manual_seed(123)
     check_estimate_hidden_size(estimate_ok, model)
+
+
+# ----------------------------------------------------------------- catalogue of wrong answers (issue 16)
+# Each answer below passed the checks before issue 16 (or failed without naming its mistake).
+
+from glassbox.tinygpt import corpus  # noqa: E402
+
+def estimate_with_tinygpts_width_written_in(logprobs):
+    return 64 if logprobs.shape[0] > 60 else estimate_ok(logprobs)
+
+
+def estimate_from_the_top_left_corner(logprobs):
+    return estimate_ok(logprobs[:80, :80])
+
+
+def estimate_in_place(logprobs):
+    logprobs -= logprobs[:, :1].clone()
+    return estimate_ok(logprobs)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (estimate_with_tinygpts_width_written_in, "second, random GPT-2"),
+    (estimate_from_the_top_left_corner, "no fixed sizes inside"),
+    (estimate_in_place, "changed its matrix in place"),
+])
+def test_estimate_hidden_size_catalogue(tinygpt, wrong, hint) -> None:
+    model, _ = tinygpt
+    fails_with(check_estimate_hidden_size, wrong, model, match=hint)
+
+
+def differences_from_the_top_token(top, bias, ids, ref):
+    unbiased = {ids[s]: lp - bias[ids[s]] for s, lp in top.items() if s in ids}
+    best = ids[max((s for s in top if s in ids), key=top.get)]
+    return {t: v - unbiased[best] for t, v in unbiased.items()}
+
+
+def differences_from_the_first_biased_token(top, bias, ids, ref):
+    unbiased = {ids[s]: lp - bias[ids[s]] for s, lp in top.items() if s in ids}
+    first = next(iter(bias))
+    return {t: v - unbiased[first] for t, v in unbiased.items()} if first in unbiased else unbiased
+
+
+def differences_with_the_references_bias_for_all(top, bias, ids, ref):
+    unbiased = {ids[s]: lp - bias[ref] for s, lp in top.items() if s in ids}
+    return {t: v - unbiased[ref] for t, v in unbiased.items()}
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (differences_from_the_top_token, "most likely token as the reference"),
+    (differences_from_the_first_biased_token, "first biased token as the reference"),
+    (differences_with_the_references_bias_for_all, "own bias"),
+])
+def test_logit_differences_catalogue(tinygpt, wrong, hint) -> None:
+    model, tokenizer = tinygpt
+    fails_with(check_logit_differences, wrong, model, tokenizer, match=hint)
+
+
+def zlib_in_training_mode(model, tokenizer, text):
+    model.train()
+    return zlib_ok(model, tokenizer, text)
+
+
+def zlib_leaving_gradients(model, tokenizer, text):
+    ids = torch.tensor([tokenizer(text).input_ids])
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    return float(loss) / len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_after_endoftext(model, tokenizer, text):
+    return zlib_ok(model, tokenizer, corpus.EOT + text) * len(zlib.compress((corpus.EOT + text).encode())) \
+        / len(zlib.compress(text.encode()))
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (zlib_in_training_mode, "training mode"),
+    (zlib_leaving_gradients, "left gradients"),
+    (zlib_after_endoftext, "<|endoftext|> before the text"),
+])
+def test_zlib_ratio_catalogue(tinygpt, wrong, hint) -> None:
+    model, tokenizer = tinygpt
+    try:
+        fails_with(check_zlib_ratio, wrong, model, tokenizer, match=hint)
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
