@@ -13,7 +13,6 @@ their hints fire for whichever model is loaded.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,16 @@ from typing import Any
 import torch
 
 from glassbox.exercise_checks.feedback import (
+    as_number,
     call_learner,
     check_number,
-    check_type,
+    expect_raises,
     fail,
     passed,
+    second_gpt2,
+    unpack,
 )
-from glassbox import measure
+from glassbox.measure import next_token_probs, pronoun_ids, pronoun_ratio
 from glassbox.tinygpt import corpus
 
 __all__ = [
@@ -68,26 +70,6 @@ def _wald_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def _close(a: float, b: float, tol: float = 1e-6) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
-
-
-def _as_float(value: Any, name: str) -> float:
-    """A learner's number as a float, with a clear message for None, NaN, tensors, strings."""
-    if value is None:
-        fail(f"{name} is None, expected a number.", "Did you forget a value in your `return`?")
-    if isinstance(value, bool):
-        fail(f"{name} is a bool ({value}), expected a number.")
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            fail(f"{name} should be one number, got a tensor of shape {tuple(value.shape)}.")
-        value = value.item()
-    if hasattr(value, "item") and not isinstance(value, numbers.Number):
-        value = value.item()
-    if not isinstance(value, numbers.Real):
-        fail(f"{name} should be a number, got {type(value).__name__} {value!r:.40}.")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        fail(f"{name} is {value}.", "Something divided by zero on the way.")
-    return value
 
 
 def _pronoun_counts(samples: Sequence[str], pronoun: str) -> tuple[int, int]:
@@ -136,27 +118,18 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
         low_ref, high_ref = wilson_interval(k, n, z)
         got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z,
                            name="sampling_estimate", hints=hints)
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            if got is None:
-                fail("sampling_estimate returned None.", "End with `return estimate, low, high`.")
-            fail(f"sampling_estimate should return (estimate, low, high), got "
-                 f"{type(got).__name__} {got!r:.60}.", "End with `return estimate, low, high`.")
-        estimate, low, high = (_as_float(v, f"sampling_estimate(...)[{i}] for {label}")
-                               for i, v in enumerate(got))
+        parts = ("estimate", "low", "high")
+        estimate, low, high = (as_number(v, f"{part} of sampling_estimate for {label}") for part, v in
+                               zip(parts, unpack(got, parts, f"sampling_estimate for {label}")))
         where = f"for {label} ({k} of {n} pronoun samples are '{case_pronoun}')"
-        if not _close(estimate, expected):
-            mistakes = [
-                (k / len(case_samples), "You divided by every sample. Divide by the samples "
-                                        "that are one of the two pronouns: the skew is "
-                                        "P(pronoun) / (P(herself) + P(himself))."),
-                (1 - expected, f"That is the share of the other pronoun, '{_other(case_pronoun)}'."),
-                (0.0, "No sample matched: " + _SPACE_HINT),
-            ]
-            for value, hint in mistakes:
-                if _close(estimate, value):
-                    fail(f"The estimate {where} should be {expected:.4f}, got {estimate:.4f}.", hint)
-            fail(f"The estimate {where} should be {expected:.4f}, got {estimate:.4f}.",
-                 "estimate = (samples equal to the pronoun) / (samples equal to either pronoun).")
+        check_number(estimate, expected, f"The estimate {where}", rel_tol=1e-6, abs_tol=1e-6,
+                     known_mistakes=[
+                         (k / len(case_samples), "You divided by every sample. Divide by the samples "
+                                                 "that are one of the two pronouns: the skew is "
+                                                 "P(pronoun) / (P(herself) + P(himself))."),
+                         (1 - expected, f"That is the share of the other pronoun, '{_other(case_pronoun)}'."),
+                         (0.0, "No sample matched: " + _SPACE_HINT)],
+                     hint="estimate = (samples equal to the pronoun) / (samples equal to either pronoun).")
         if low > high:
             fail(f"Your interval {where} is the wrong way round: low = {low:.4f} is above "
                  f"high = {high:.4f}.", "Return (estimate, low, high) with low <= high: "
@@ -193,19 +166,10 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
              f"[{low_ref:.4f}, {high_ref:.4f}].",
              "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
     no_pronoun = [" the", " a", "\n"]
-    try:
-        got = sampling_estimate(no_pronoun, PRONOUNS[0])
-    except NotImplementedError:
-        raise
-    except ValueError:
-        pass
-    except Exception as exc:  # noqa: BLE001 - any other crash becomes feedback
-        fail(f"sampling_estimate({no_pronoun!r}, ...) raised {type(exc).__name__}: {exc}",
-             "When no sample is a pronoun there is nothing to estimate: raise ValueError with "
-             "a message saying so.")
-    else:
-        fail(f"sampling_estimate({no_pronoun!r}, ...) returned {got!r:.60} although no sample is "
-             "a pronoun.", "There is nothing to estimate then: raise ValueError with a message.")
+    expect_raises(sampling_estimate, no_pronoun, PRONOUNS[0], exception=ValueError,
+                  name=f"sampling_estimate({no_pronoun!r}, ...)",
+                  why="When no sample is a pronoun there is nothing to estimate: raise ValueError "
+                      "with a message saying so.")
     yours = "your API samples and " if cases[0][0] == "your samples from the API" else ""
     passed(f"sampling_estimate: the right share and Wilson interval for {yours}four made-up "
            "lists, and a ValueError when no sample is a pronoun.")
@@ -213,29 +177,24 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
 
 # --------------------------------------------------------------------------- exercise 2
 
-def _last_probs(model: Any, tokenizer: Any, text: str, position: int = -1) -> torch.Tensor:
-    return measure.next_token_probs(model, tokenizer, text, prefix="", position=position)
+def reference_exact_ratio(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> float:
+    """P(pronoun) / (P(herself) + P(himself)) after <|endoftext|> + each SKEW_PROMPT, averaged
+    (``glassbox.measure.pronoun_ratio``, the measurement TinyGPT's training reports)."""
+    return pronoun_ratio(model, tokenizer, occupation, pronoun)
 
 
 @torch.no_grad()
 def _last_logits(model: Any, tokenizer: Any, text: str) -> torch.Tensor:
-    ids = torch.tensor([tokenizer(text)["input_ids"]])
-    return model(input_ids=ids).logits[0, -1].float()
+    return model(input_ids=torch.tensor([tokenizer(text)["input_ids"]])).logits[0, -1].float()
 
 
-def reference_exact_ratio(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> float:
-    """P(pronoun) / (P(herself) + P(himself)) after <|endoftext|> + each SKEW_PROMPT, averaged."""
-    return measure.pronoun_ratio(model, tokenizer, occupation, pronoun)
-
-
-def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str,
-                    expected: float) -> list[tuple[float, str]]:
-    female, male = measure.pronoun_ids(tokenizer)
+def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> list[tuple[float, str]]:
+    female, male = pronoun_ids(tokenizer)
     target = female if pronoun == PRONOUNS[0] else male
     prompts = [p.format(occupation=occupation) for p in corpus.SKEW_PROMPTS]
-    with_eot = [_last_probs(model, tokenizer, corpus.EOT + p) for p in prompts]
-    without_eot = [_last_probs(model, tokenizer, p) for p in prompts]
-    shifted = [_last_probs(model, tokenizer, corpus.EOT + p, position=-2) for p in prompts]
+    with_eot = [next_token_probs(model, tokenizer, p) for p in prompts]
+    without_eot = [next_token_probs(model, tokenizer, p, prefix="") for p in prompts]
+    shifted = [next_token_probs(model, tokenizer, p, position=-2) for p in prompts]
     logits = [_last_logits(model, tokenizer, corpus.EOT + p) for p in prompts]
 
     def mean(values: list[float]) -> float:
@@ -244,11 +203,11 @@ def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str,
     def ratio(probs: torch.Tensor) -> float:
         return float(probs[target] / (probs[female] + probs[male]))
 
-    mistakes = [
+    return [
         (mean([float(p[target]) for p in with_eot]),
          f"That is the raw probability P('{pronoun}'), which is tiny when the model also "
          "expects other words. Normalise: P(pronoun) / (P(herself) + P(himself))."),
-        (1 - expected, f"That is the share of the other pronoun, '{_other(pronoun)}'."),
+        (mean([1 - ratio(p) for p in with_eot]), f"That is the share of the other pronoun, '{_other(pronoun)}'."),
         (ratio(with_eot[0]), f"That is the ratio after the first prompt only. Average it over "
                              f"all {len(prompts)} prompts of corpus.SKEW_PROMPTS."),
         (mean([ratio(p) for p in without_eot]),
@@ -263,8 +222,6 @@ def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str,
          "You divided the summed probabilities. Compute the ratio for each prompt, then "
          "average the ratios."),
     ]
-    return [(value, hint) for value, hint in mistakes if not math.isclose(value, expected,
-                                                                          rel_tol=1e-4)]
 
 
 def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: Any,
@@ -277,19 +234,26 @@ def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: An
     learner's choice and for a second occupation with the other pronoun.
     """
     second = corpus.OCCUPATIONS[-1] if occupation != corpus.OCCUPATIONS[-1] else corpus.OCCUPATIONS[0]
+    # On TinyGPT the two pronouns take almost all the probability after every prompt, so a ratio
+    # of sums and a mean of ratios agree to 1e-5: a random GPT-2 tells them (and every other
+    # mistake above) apart by more than 1e-2.
+    other = second_gpt2(model)
     results = []
-    for occ, pron in ((occupation, pronoun), (second, _other(pronoun))):
-        expected = reference_exact_ratio(model, tokenizer, occ, pron)
-        got = call_learner(exact_ratio, model, tokenizer, occ, pron, name="exact_ratio")
-        check_number(got, expected, f"exact_ratio(model, tokenizer, {occ!r}, {pron!r})",
-                     known_mistakes=_ratio_mistakes(model, tokenizer, occ, pron, expected),
+    for who, lm, occ, pron in (("", model, occupation, pronoun), ("", model, second, _other(pronoun)),
+                               (" on a second, random GPT-2", other, occupation, _other(pronoun))):
+        expected = reference_exact_ratio(lm, tokenizer, occ, pron)
+        got = call_learner(exact_ratio, lm, tokenizer, occ, pron, name="exact_ratio", model=lm)
+        check_number(got, expected, f"exact_ratio(model, tokenizer, {occ!r}, {pron!r}){who}",
+                     known_mistakes=lambda: _ratio_mistakes(lm, tokenizer, occ, pron),
                      rel_tol=1e-4, abs_tol=1e-6,
                      hint="For each prompt: probs = softmax(logits[0, -1]) after "
                           "EOT + prompt; ratio = probs[id] / (probs[herself] + probs[himself]). "
                           "Then average.")
         results.append((occ, pron, expected))
-    shown = "; ".join(f"{o} -> {p}: {v:.3f}" for o, p, v in results)
-    passed(f"exact_ratio: matches the loaded model's normalised probabilities ({shown}).")
+    shown = "; ".join(f"{o} -> {p}: {v:.3f}" for o, p, v in results[:2])
+    passed(f"exact_ratio: matches the loaded model's normalised probabilities ({shown}), and a "
+           "second, random GPT-2's, on which a ratio of summed probabilities, one prompt alone or "
+           "prompts without <|endoftext|> give other numbers.")
 
 
 # --------------------------------------------------------------------------- exercise 3
@@ -311,14 +275,6 @@ def reference_corpus_count(text: str, occupation: str, pronoun: str) -> tuple[in
     return k, n
 
 
-def _as_count(value: Any, name: str) -> int:
-    number = _as_float(value, name)
-    if not number.is_integer():
-        fail(f"{name} should be a whole number (a count), got {number!r}.",
-             "Return the two counts; the share k / n is computed afterwards.")
-    return int(number)
-
-
 def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: str,
                        pronoun: str) -> None:
     """Check ``corpus_count(text, occupation, pronoun) -> (k, n)`` on the training text and a
@@ -334,16 +290,11 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
         k_ref, n_ref = reference_corpus_count(case_text, occ, pron)
         got = call_learner(corpus_count, case_text, occ, pron, name="corpus_count")
         call = f"corpus_count(<{label}>, {occ!r}, {pron!r})"
-        if isinstance(got, (int, float)) and not isinstance(got, bool):
-            fail(f"{call} returned one number ({got!r}); expected two counts (k, n).",
-                 "Return both counts, `return k, n`: the share is k / n, and n tells how much "
-                 "evidence there is.")
-        if not isinstance(got, (tuple, list)):
-            check_type(got, tuple, call, hint="End with `return k, n`.")
-        if len(got) != 2:
-            fail(f"{call} should return two counts (k, n), got {len(got)} values.",
-                 "End with `return k, n`.")
-        k, n = (_as_count(v, f"{call}[{i}]") for i, v in enumerate(got))
+        k, n = (int(as_number(v, f"{part} of {call}", integer=True,
+                              hint="Return the two counts; the share k / n is computed afterwards."))
+                for part, v in zip("kn", unpack(got, ("k", "n"), call,
+                                                 "Return both counts, `return k, n`: the share is "
+                                                 "k / n, and n tells how much evidence there is.")))
         if (k, n) == (k_ref, n_ref):
             continue
         head = f"{call} returned (k, n) = ({k}, {n}); expected ({k_ref}, {n_ref})"
@@ -389,7 +340,8 @@ def check_queries_for_width(queries_for_width: Callable[..., Any],
     (normal-approximation) interval around p has total width at most ``width``,
     n = ceil(z² p (1 - p) / (width / 2)²). Also checked at the learner's own estimate.
     """
-    cases = [(0.5, 0.1, 1.96), (0.9, 0.05, 1.96), (0.25, 0.02, 1.96), (0.3, 0.1, 2.576)]
+    # (0.5, 0.25, 2.0) gives exactly 64 in binary floating point: int(x) + 1 is then one too many.
+    cases = [(0.5, 0.1, 1.96), (0.9, 0.05, 1.96), (0.25, 0.02, 1.96), (0.3, 0.1, 2.576), (0.5, 0.25, 2.0)]
     if estimate is not None and 0.0 < float(estimate) < 1.0:
         cases.append((round(float(estimate), 3), 0.04, 1.96))
     results = []
@@ -404,13 +356,16 @@ def check_queries_for_width(queries_for_width: Callable[..., Any],
                               "wider than asked."),
             (round(raw), "Round up with math.ceil: round() can go down and give an interval a "
                          "little wider than asked."),
+            (int(raw) + 1, "int(x) + 1 is one too many when x is already a whole number: use "
+                           "math.ceil(x)."),
             (math.ceil(z * p * (1 - p) / (width / 2) ** 2), "z appears squared: n = z² p(1-p) / h²."),
             (math.ceil(z * z * 0.25 / (width / 2) ** 2),
              "That is the worst case p = 0.5 (p(1-p) = 0.25). Use the p you are given."),
             (_queries(p, width, 1.96), f"z={z} was asked for: use the z argument."),
         ]
-        mistakes = [(v, h) for v, h in mistakes if v != expected]
-        got = call_learner(queries_for_width, p, width, z=z, name="queries_for_width")
+        got = as_number(call_learner(queries_for_width, p, width, z=z, name="queries_for_width"),
+                        f"queries_for_width({p}, {width}, z={z})", integer=True,
+                        hint="A number of queries is a whole number: round up with math.ceil(...).")
         check_number(got, expected, f"queries_for_width({p}, {width}, z={z})",
                      known_mistakes=mistakes, integer=True,
                      hint="n = ceil(z² · p(1-p) / (width/2)²).")
@@ -430,7 +385,10 @@ class ShareVariant:
             divides the log-probabilities themselves).
         normalise: divide by P(herself) + P(himself) (``False`` returns the raw probability).
         missing: a pronoun missing from the top k has a probability between 0 and the smallest
-            one shown (``"bound"``); ``"zero"`` takes it as impossible, a mistake.
+            one shown (``"bound"``); ``"zero"`` takes it as impossible and ``"floor"`` as equal
+            to the smallest one shown, both mistakes.
+        floor_from: the smallest probability shown is taken over every token shown (``"all"``);
+            ``"others"`` leaves the shown pronoun out, a mistake when it is the smallest.
         low_first: return ``(low, high)``; ``False`` returns them the wrong way round.
     """
 
@@ -438,6 +396,7 @@ class ShareVariant:
     normalise: bool = True
     missing: str = "bound"
     low_first: bool = True
+    floor_from: str = "all"
 
 
 def reference_logprob_share(top_logprobs: dict[str, float], pronoun: str,
@@ -449,7 +408,8 @@ def reference_logprob_share(top_logprobs: dict[str, float], pronoun: str,
     if not shown:
         low, high = 0.0, 1.0
     else:
-        floor = min(shown.values()) if variant.missing == "bound" else 0.0
+        pool = [v for t, v in shown.items() if variant.floor_from == "all" or t not in (target, other)]
+        floor = (min(pool) if pool else 0.0) if variant.missing != "zero" else 0.0
         if target in shown and other in shown:
             p_t, p_o = shown[target], shown[other]
             low = high = p_t / (p_t + p_o) if variant.normalise else p_t
@@ -460,8 +420,8 @@ def reference_logprob_share(top_logprobs: dict[str, float], pronoun: str,
         elif other in shown:
             p_o = shown[other]
             high = floor / (floor + p_o) if variant.normalise and floor + p_o else 0.0
-            low = 0.0
-            if variant.missing != "bound":
+            low = high if variant.missing == "floor" else 0.0
+            if variant.missing == "zero":
                 high = low
         else:
             low, high = (0.0, 1.0) if variant.missing == "bound" else (0.0, 0.0)
@@ -476,6 +436,12 @@ _SHARE_MISTAKES: list[tuple[ShareVariant, str]] = [
     (ShareVariant(missing="zero"),
      "A pronoun missing from the top k is not impossible: its probability is somewhere between 0 and "
      "the smallest probability shown, so the share is only bounded: (low, high)."),
+    (ShareVariant(missing="floor"),
+     "A missing pronoun's probability is not the smallest one shown: it can be anything from 0 up "
+     "to it, so the share is a range. Work it out at both ends."),
+    (ShareVariant(floor_from="others"),
+     "The smallest probability shown is over every token in the dict, the shown pronoun included: "
+     "a missing token is less likely than every token shown."),
     (ShareVariant(low_first=False), "Return (low, high), the lower bound first."),
 ]
 
@@ -490,16 +456,17 @@ def _share_cases(pronoun: str, api_tops: Sequence[dict[str, float]]) -> list[tup
                                                      " had": math.log(0.04)}),
         (f"{pronoun!r} cut off by the top k", {other: math.log(0.5), " the": math.log(0.3),
                                                " a": math.log(0.02)}),
+        (f"{other.strip()!r} cut off, {pronoun!r} the least likely token shown",
+         {" was": math.log(0.5), " had": math.log(0.3), target: math.log(0.1)}),
         ("neither pronoun shown", {" the": math.log(0.5), " a": math.log(0.3)}),
     ]
     return cases
 
 
 def _as_pair(got: Any, name: str) -> tuple[float, float]:
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        fail(f"{name} should return a pair (low, high), got {got!r:.80}.",
-             "Return both bounds, even when they are equal: `return share, share`.")
-    return _as_float(got[0], f"{name}[0]"), _as_float(got[1], f"{name}[1]")
+    low, high = unpack(got, ("low", "high"), name,
+                       "Return both bounds, even when they are equal: `return share, share`.")
+    return as_number(low, f"low of {name}"), as_number(high, f"high of {name}")
 
 
 def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
@@ -516,6 +483,10 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
         if all(_close(g, e) for g, e in zip(got, expected)):
             exact_cases += expected[0] == expected[1]
             continue
+        if tuple(got) == (0.5, 0.5) and expected == (0.0, 1.0):
+            fail(f"For {label}, logprob_share returned (0.5, 0.5); expected (0, 1).",
+                 "With neither pronoun shown nothing is known about the share: it can be anything "
+                 "from 0 to 1, which is not the same as an even split.")
         for variant, hint in _SHARE_MISTAKES:
             wrong = reference_logprob_share(top, pronoun, variant)
             if wrong != expected and all(_close(g, w) for g, w in zip(got, wrong)):

@@ -275,10 +275,10 @@ def sentence_cooccurrence(text, occupation, pronoun):
     (lambda t, o, p: (t.count(p), count_ok(t, o, p)[1]), "after every occupation"),
     (lambda t, o, p: (count_ok(t, o, p)[0], t.count(o)), "every mention"),
     (lambda t, o, p: count_ok(t, o, p)[::-1], "swapped"),
-    (lambda t, o, p: count_ok(t, o, p)[0] / count_ok(t, o, p)[1], "one number"),
+    (lambda t, o, p: count_ok(t, o, p)[0] / count_ok(t, o, p)[1], "returned one value"),
     (lambda t, o, p: (count_ok(t, o, p)[0] + 0.5, 2000), "whole number"),
     (lambda t, o, p: None, "None"),
-    (lambda t, o, p: (1, 2, 3), "two counts"),
+    (lambda t, o, p: (1, 2, 3), "1 extra"),
 ])
 def test_corpus_count_known_mistakes(text, wrong, hint) -> None:
     fails_with(check_corpus_count, wrong, text, "nurse", "herself", match=hint)
@@ -370,8 +370,8 @@ def test_logprob_share_accepts_right_answer(capsys) -> None:
     (share_raw, "raw probability"),
     (share_missing_is_zero, "not impossible"),
     (lambda top, pronoun: tuple(reversed(share_ok(top, pronoun))), "lower bound first"),
-    (lambda top, pronoun: share_ok(top, pronoun)[0], "pair (low, high)"),
-    (lambda top, pronoun: None, "pair (low, high)"),
+    (lambda top, pronoun: share_ok(top, pronoun)[0], "expected a tuple (low, high)"),
+    (lambda top, pronoun: None, "expected a tuple (low, high)"),
     (lambda top, pronoun: (0.5, 0.5), "expected"),
 ])
 def test_logprob_share_known_mistakes(wrong, hint) -> None:
@@ -381,3 +381,111 @@ def test_logprob_share_known_mistakes(wrong, hint) -> None:
 def test_logprob_share_rejects_an_unknown_pronoun() -> None:
     with pytest.raises(ValueError, match="pronoun must be one of"):
         check_logprob_share(share_ok, "themselves")
+
+
+# ----------------------------------------------------------------- catalogue of wrong answers (issue 16)
+# Each answer below passed the checks before issue 16 (or failed without naming its mistake).
+
+def ratio_of_sums(model, tokenizer, occupation, pronoun):
+    h, m = (tokenizer(" " + w)["input_ids"][0] for w in PRONOUNS)
+    target = h if pronoun == "herself" else m
+    probs = [probs_after(model, tokenizer, corpus.EOT + p.format(occupation=occupation)) for p in corpus.SKEW_PROMPTS]
+    return float(sum(p[target] for p in probs) / sum(p[h] + p[m] for p in probs))
+
+
+def median_of_ratios(model, tokenizer, occupation, pronoun):
+    h, m = (tokenizer(" " + w)["input_ids"][0] for w in PRONOUNS)
+    target = h if pronoun == "herself" else m
+    ratios = sorted(float(p[target] / (p[h] + p[m])) for p in (
+        probs_after(model, tokenizer, corpus.EOT + q.format(occupation=occupation)) for q in corpus.SKEW_PROMPTS))
+    return ratios[len(ratios) // 2]
+
+
+def ratio_leaving_gradients(model, tokenizer, occupation, pronoun):
+    value = ratio_ok(model, tokenizer, occupation, pronoun)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    return value
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (ratio_of_sums, "divided the summed probabilities"),
+    (median_of_ratios, "expected"),
+    (ratio_leaving_gradients, "left gradients"),
+])
+def test_exact_ratio_catalogue(tinygpt, wrong, hint) -> None:
+    model, tokenizer = tinygpt
+    try:
+        fails_with(check_exact_ratio, wrong, model, tokenizer, "nurse", "herself", match=hint)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def test_exact_ratio_mistakes_are_outside_the_tolerance_on_the_second_model(tinygpt) -> None:
+    """On TinyGPT a ratio of sums and a mean of ratios agree to about 1e-5 (the pronouns take almost
+    all the probability after every prompt); on the check's second, random GPT-2 every named mistake
+    is more than 50 times the tolerance (1e-4 relative) away from the reference."""
+    from glassbox.exercise_checks import auditing
+    from glassbox.exercise_checks.feedback import second_gpt2
+
+    model, tokenizer = tinygpt
+    other = second_gpt2(model)
+    for occupation, pronoun in (("nurse", "himself"), ("pilot", "herself")):
+        expected = auditing.reference_exact_ratio(other, tokenizer, occupation, pronoun)
+        for value, hint in auditing._ratio_mistakes(other, tokenizer, occupation, pronoun):
+            assert abs(value - expected) > 50 * 1e-4 * expected, hint
+
+
+def queries_int_plus_one(p, width, z=1.96):
+    return int(z * z * p * (1 - p) / (width / 2) ** 2) + 1
+
+
+def queries_unrounded(p, width, z=1.96):
+    return z * z * p * (1 - p) / (width / 2) ** 2
+
+
+def queries_wilson_search(p, width, z=1.96):
+    n = 1
+    while True:
+        low, high = wilson_interval(round(p * n), n, z)
+        if high - low <= width:
+            return n
+        n += 1
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (queries_int_plus_one, "int(x) + 1 is one too many"),
+    (queries_unrounded, "round up with math.ceil"),
+    (queries_wilson_search, "n = ceil"),
+])
+def test_queries_catalogue(wrong, hint) -> None:
+    fails_with(check_queries_for_width, wrong, match=hint)
+
+
+def share_floor_from_other_tokens(top, pronoun):
+    other = [p for p in PRONOUNS if p != pronoun][0]
+    probs = {t: math.exp(v) for t, v in top.items()}
+    rest = [v for t, v in probs.items() if t.strip() not in PRONOUNS]
+    floor = min(rest) if rest else 0.0
+    t, o = probs.get(" " + pronoun), probs.get(" " + other)
+    if t is not None and o is not None:
+        return t / (t + o), t / (t + o)
+    if t is not None:
+        return t / (t + floor), 1.0
+    if o is not None:
+        return 0.0, floor / (floor + o)
+    return 0.0, 1.0
+
+
+def share_missing_is_the_floor(top, pronoun):
+    low, high = share_ok(top, pronoun)
+    return (low, low) if high == 1.0 and low > 0 else (high, high) if low == 0.0 and high < 1.0 else (low, high)
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (share_floor_from_other_tokens, "the shown pronoun included"),
+    (share_missing_is_the_floor, "not the smallest one shown"),
+    (lambda top, pronoun: (0.5, 0.5) if share_ok(top, pronoun) == (0.0, 1.0) else share_ok(top, pronoun),
+     "not the same as an even split"),
+])
+def test_logprob_share_catalogue(wrong, hint) -> None:
+    fails_with(check_logprob_share, wrong, "herself", API_TOPS, match=hint)
