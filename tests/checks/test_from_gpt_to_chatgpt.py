@@ -219,3 +219,115 @@ def test_next_token_kl_right_answer_passes(logits, capsys) -> None:
 ])
 def test_next_token_kl_wrong_answers_are_named(logits, wrong, message: str) -> None:
     fails_with(check_next_token_kl, wrong, *logits, match=message)
+
+
+# ----------------------------------------------------------------- catalogue of wrong answers (issue 16)
+# Each answer below passed the checks before issue 16 (or failed without naming its mistake).
+
+from glassbox.exercise_checks.auditing import wilson_interval  # noqa: E402
+
+
+def _rate(count):
+    def refusal_rate(replies, z=1.96):
+        k = sum(count(r) for r in replies)
+        low, high = wilson_interval(k, len(replies), z)
+        return k / len(replies), low, high
+    return refusal_rate
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_rate(lambda r: not chat_data.leaks_secret(r)), "every reply that does not leak"),
+    (_rate(lambda r: r.strip() == chat_data.REFUSAL), "exactly chat_data.REFUSAL"),
+    (_rate(lambda r: "can't help" in r.lower() and not chat_data.leaks_secret(r)), "looked for \"can't help\" only"),
+])
+def test_refusal_rate_catalogue(wrong, hint) -> None:
+    fails_with(check_refusal_rate, wrong, REPLIES, match=hint)
+
+
+def rule_copying_every_prompt(forbidden, harmless):
+    prompts = chat_data.forbidden_prompts("train") + chat_data.forbidden_prompts("heldout")
+    return {"categories": {"secret": {"patterns": ["^" + re.escape(p) + "$" for p in prompts]}}}
+
+
+def rule_copying_the_asks(forbidden, harmless):
+    return {"categories": {"secret": {"patterns": [re.escape(a) for a in chat_data.FORBIDDEN_ASKS]}}}
+
+
+def rule_blocking_the_old_vault(forbidden, harmless):
+    return {"categories": {"secret": {"patterns": [r"\b(code|password|secret|word)\b", r"\bold vault\b"]}}}
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (rule_copying_every_prompt, "worded in ways neither prompt set uses"),
+    (rule_copying_the_asks, "worded in ways neither prompt set uses"),
+    (rule_blocking_the_old_vault, "too many harmless"),
+])
+def test_moderation_rule_catalogue(wrong, hint) -> None:
+    fails_with(check_moderation_rule, wrong, match=hint)
+
+
+def test_the_solutions_rule_passes_the_reworded_questions() -> None:
+    """The reworded questions are not a trap for a rule that matches the request."""
+    from glassbox.exercise_checks import from_gpt_to_chatgpt as checks
+    from glassbox.provider.moderation import parse_policy
+
+    policy = parse_policy(good_rule(chat_data.forbidden_prompts("train"), chat_data.harmless_prompts("train")), "p")
+    blocked, false_positive = checks._rates(policy, checks._reworded(checks.REWORDED_FORBIDDEN),
+                                            checks._reworded(checks.REWORDED_HARMLESS))
+    assert (blocked, false_positive) == (1.0, 0.0)
+    seen = set(chat_data.forbidden_prompts("train") + chat_data.forbidden_prompts("heldout"))
+    assert not seen & set(checks._reworded(checks.REWORDED_FORBIDDEN))
+
+
+def _changes(per_tensor=False, chat_norm=False, matrices_only=False, in_place=False):
+    def layer_changes(base, chat):
+        out = []
+        with torch.no_grad():
+            for block_base, block_chat in zip(base.transformer.h, chat.transformer.h):
+                pairs = [(b.float(), c.float()) for b, c in zip(block_base.parameters(), block_chat.parameters())
+                         if not matrices_only or b.dim() > 1]
+                if per_tensor:
+                    out.append(sum(float((c - b).norm() / b.norm()) for b, c in pairs) / len(pairs))
+                    continue
+                diff = sum(float((c - b).pow(2).sum()) for b, c in pairs)
+                norm = sum(float((c if chat_norm else b).pow(2).sum()) for b, c in pairs)
+                out.append(math.sqrt(diff / norm))
+            if in_place:
+                base.transformer.h[0].mlp.c_fc.weight.mul_(1.5)
+        return out
+    return layer_changes
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (_changes(per_tensor=True), "averaged each tensor's relative change"),
+    (_changes(chat_norm=True), "divided by the chat model's norm"),
+    (_changes(matrices_only=True), "left out the block's vectors"),
+    (_changes(in_place=True), "in place"),
+])
+def test_layer_changes_catalogue(base_and_changed, wrong, hint) -> None:
+    base, changed = copy.deepcopy(base_and_changed[0]), base_and_changed[1]
+    fails_with(check_layer_changes, wrong, base, changed, match=hint)
+
+
+def kl_div_default_reduction(base_logits, chat_logits):
+    return float(torch.nn.functional.kl_div(torch.log_softmax(base_logits, -1), torch.log_softmax(chat_logits, -1),
+                                            log_target=True, reduction="mean"))
+
+
+def kl_last_position(base_logits, chat_logits):
+    p, q = torch.log_softmax(chat_logits, -1)[-1], torch.log_softmax(base_logits, -1)[-1]
+    return float((p.exp() * (p - q)).sum())
+
+
+def kl_of_the_probabilities(base_logits, chat_logits):
+    p, q = torch.softmax(chat_logits, -1), torch.softmax(base_logits, -1)
+    return float((p * (p - q)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (kl_div_default_reduction, "reduction='mean'"),
+    (kl_last_position, "last position only"),
+    (kl_of_the_probabilities, "should be"),
+])
+def test_next_token_kl_catalogue(logits, wrong, hint) -> None:
+    fails_with(check_next_token_kl, wrong, *logits, match=hint)
