@@ -31,17 +31,8 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes,
-    call_learner,
-    check_number,
-    check_tensor,
-    check_type,
-    fail,
-    mistakes_from,
-    passed,
-    second_gpt2,
-    unpack,
-)
+    Mistakes, call_learner, check_number, check_tensor, check_type, fail, mistakes_from,
+    passed, second_gpt2, unpack)
 
 __all__ = [
     "check_conv1d_to_linear",
@@ -104,8 +95,8 @@ def _formula(config: Any, *, tied: bool | None = None, wte: bool = True, wpe: bo
     return total
 
 
-def _count_mistakes(config: Any) -> Mistakes:
-    """(wrong total, hint) pairs for the usual ways of miscounting GPT-2."""
+def _count_settings(config: Any) -> list[tuple[dict[str, Any], str]]:
+    """The usual ways of miscounting GPT-2: (_formula's settings that make it, hint)."""
     d = config.n_embd
     if getattr(config, "tie_word_embeddings", True):
         head = (dict(tied=False), "You counted lm_head as its own matrix. GPT-2 ties it to "
@@ -139,7 +130,12 @@ def _count_mistakes(config: Any) -> Mistakes:
         (dict(inner=4 * d), "This config sets n_inner, so the MLP's hidden size is "
                             "config.n_inner, not 4 x n_embd."),
     ]
-    return mistakes_from(lambda **overrides: _formula(config, **overrides), mistakes)
+    return mistakes
+
+
+def _count_mistakes(config: Any) -> Mistakes:
+    """(wrong total, hint) pairs for the usual ways of miscounting GPT-2, computed when needed."""
+    return mistakes_from(lambda **overrides: _formula(config, **overrides), _count_settings(config))
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -594,8 +590,9 @@ def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_hea
     return v * d + head + config["num_hidden_layers"] * block + (norm_size * d if final_norm else 0)
 
 
-def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
-    candidates = [
+def _llama_settings(config: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The usual ways of miscounting a Llama-style model: (_llama_formula's settings, hint)."""
+    return [
         (dict(untied=False), "This model does not tie its output layer to the token embedding "
                              "(tie_word_embeddings is false): lm_head is a second vocab_size x "
                              "hidden_size matrix."),
@@ -618,7 +615,11 @@ def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
          "The config gives head_dim; use it. It need not be hidden_size / num_attention_heads "
          "(here it is not), and q_proj is hidden_size x (num_attention_heads x head_dim)."),
     ]
-    return mistakes_from(lambda **overrides: _llama_formula(config, **overrides), candidates)
+
+
+def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
+    return mistakes_from(lambda **overrides: _llama_formula(config, **overrides),
+                         _llama_settings(config))
 
 
 def _llama_cases() -> list[tuple[str, dict[str, Any]]]:

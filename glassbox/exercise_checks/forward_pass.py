@@ -30,16 +30,8 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes,
-    call_learner,
-    check_tensor,
-    close,
-    fail,
-    mistakes_from,
-    passed,
-    second_gpt2,
-    unpack,
-)
+    Mistakes, call_learner, check_tensor, close, fail, mistakes_from, passed, second_gpt2,
+    unpack)
 
 __all__ = [
     "CHECK_PROMPT",

@@ -20,16 +20,10 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
+from typing import Any
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes,
-    call_learner,
-    check_number,
-    check_type,
-    fail,
-    mistakes_from,
-    passed,
-)
+    Mistakes, call_learner, check_number, check_type, fail, mistakes_from, passed)
 from glassbox.paths import DATA_DIR
 
 __all__ = [
@@ -250,8 +244,9 @@ def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: in
     return (input_tokens * float(row[input_price]) + output_tokens * float(row[output_price])) / per
 
 
-def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
-    settings = [
+def _cost_settings(row: dict[str, str]) -> list[tuple[dict[str, Any], str]]:
+    """The usual ways of mispricing a workload: (reference_api_cost's settings, hint)."""
+    settings: list[tuple[dict[str, Any], str]] = [
         (dict(input_price="usd_per_1m_output", output_price="usd_per_1m_input"),
          "You swapped the prices: input tokens cost usd_per_1m_input, output tokens usd_per_1m_output."),
         (dict(input_tokens=0), "You priced only the output tokens: the prompt (input) is paid for too."),
@@ -268,8 +263,12 @@ def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
         settings.append((dict(input_price="usd_per_1m_cached_input"),
                          "usd_per_1m_cached_input is the discount for a prompt the provider has "
                          "cached; an ordinary request pays usd_per_1m_input."))
+    return settings
+
+
+def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
     return mistakes_from(lambda **setting: reference_api_cost(
-        row, **{"input_tokens": n_in, "output_tokens": n_out, **setting}), settings)
+        row, **{"input_tokens": n_in, "output_tokens": n_out, **setting}), _cost_settings(row))
 
 
 def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:

@@ -29,15 +29,7 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    call_learner,
-    check_number,
-    check_tensor,
-    close,
-    fail,
-    passed,
-    second_gpt2,
-    unpack,
-)
+    call_learner, check_number, check_tensor, close, fail, passed, second_gpt2, unpack)
 
 __all__ = [
     "check_effective_rank",

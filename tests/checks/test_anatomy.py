@@ -584,3 +584,28 @@ def test_llama_head_dim_from_hidden_over_heads_is_named() -> None:
 def test_llama_always_tied_fails() -> None:
     fails_with(check_count_llama_parameters, lambda c: llama_ok(without(c, tie_word_embeddings=True)),
                match="does not tie")
+
+
+# ----------------------------------------------------------------- every named mistake is rejected with its hint
+
+from glassbox.exercise_checks import anatomy  # noqa: E402
+
+
+@pytest.mark.parametrize("index", range(len(anatomy._count_settings(GPT2Config()))))
+def test_count_parameters_rejects_each_named_mistake(model, index) -> None:
+    hint = anatomy._count_settings(GPT2Config())[index][1]
+
+    def wrong(config):
+        return anatomy._formula(config, **anatomy._count_settings(config)[index][0])
+
+    fails_with(check_count_parameters, wrong, model, match=hint[:45])
+
+
+@pytest.mark.parametrize("index", range(len(anatomy._llama_settings(anatomy._llama_cases()[0][1]))))
+def test_count_llama_parameters_rejects_each_named_mistake(index) -> None:
+    hint = anatomy._llama_settings(anatomy._llama_cases()[0][1])[index][1]
+
+    def wrong(config):
+        return anatomy._llama_formula(config, **anatomy._llama_settings(config)[index][0])
+
+    fails_with(check_count_llama_parameters, wrong, match=hint[:45])

@@ -573,3 +573,41 @@ def test_next_token_probs_changing_the_logits_in_place_does_not_matter_to_the_ch
         return probs_ok(logits, 1.0, k)
 
     passes(check_next_token_probs, in_place, *tinygpt, capsys=capsys)
+
+
+# ----------------------------------------------------------------- every named mistake, on the check's own inputs
+#
+# Each usual mistake the checks name is the reference with one setting changed. On the
+# inputs the checks use (TinyGPT and the second model), each must land outside the
+# tolerance and be rejected with its own hint, or the hint could never be shown.
+
+def _hint_start(hint: str) -> str:
+    return hint[:45]
+
+
+@pytest.mark.parametrize("variant, hint", fp._attention_mistakes(), ids=lambda v: str(v)[:40])
+def test_attention_head_rejects_each_named_mistake(tinygpt, variant, hint) -> None:
+    def wrong(x, w, b, n_head, head):
+        return fp.reference_attention_head(x, w, b, n_head, head, variant)
+
+    fails_with(check_attention_head, wrong, *tinygpt, match=_hint_start(hint))
+
+
+@pytest.mark.parametrize("variant, hint", fp._block_mistakes(1e-2), ids=lambda v: str(v)[:40])
+def test_transformer_block_rejects_each_named_mistake(tinygpt, variant, hint) -> None:
+    def wrong(x, sd, layer, config):
+        return fp.reference_block(x, sd, layer, config, variant)
+
+    fails_with(check_transformer_block, wrong, *tinygpt, match=_hint_start(hint))
+
+
+@pytest.mark.parametrize("variant, hint", [
+    (fp.Variant(ln_f=False), "You forgot the final LayerNorm"),
+    (fp.Variant(positions="none"), "You forgot the position embeddings"),
+    (fp.Variant(positions="shifted"), "The positions are off by one"),
+    *fp._block_mistakes(1e-2)], ids=lambda v: str(v)[:40])
+def test_gpt2_forward_rejects_each_named_mistake(tinygpt, variant, hint) -> None:
+    def wrong(ids, sd, config):
+        return fp.reference_forward(ids, sd, config, variant)
+
+    fails_with(check_gpt2_forward, wrong, *tinygpt, match=_hint_start(hint))

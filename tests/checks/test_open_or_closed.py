@@ -319,3 +319,20 @@ def test_licence_commercial_terms_without_weights_are_still_no() -> None:
         return answer_ok(row, r, n, t)
 
     fails_with(check_licence_answer, terms_first, match="No weights were released")
+
+
+# ----------------------------------------------------------------- every named mistake is rejected with its hint
+
+from glassbox.exercise_checks import open_or_closed  # noqa: E402
+
+_ROW = next(r for r in csv.DictReader((DATA_DIR / "api_prices.csv").open()) if r["usd_per_1m_cached_input"])
+
+
+@pytest.mark.parametrize("setting, hint", open_or_closed._cost_settings(_ROW), ids=lambda s: str(s)[:40])
+def test_cost_rejects_each_named_mistake(setting, hint) -> None:
+    def wrong(row, n_in, n_out):
+        if "usd_per_1m_cached_input" in setting.values() and not row["usd_per_1m_cached_input"]:
+            return cost_ok(row, n_in, n_out)
+        return reference_api_cost(row, **{"input_tokens": n_in, "output_tokens": n_out, **setting})
+
+    fails_with(check_api_cost, wrong, match=hint[:45])
