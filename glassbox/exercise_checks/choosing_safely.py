@@ -85,12 +85,16 @@ def check_usd_per_million_tokens(usd_per_million_tokens: Callable[[float, float]
                                         "millions of tokens per hour."),
             (usd_per_hour * tps * 3600 / 1e6, "Divide the hourly price by the tokens made in an hour; "
                                               "do not multiply them."),
+            (tps / (usd_per_hour * 3600) * 1e6, "The two arguments are swapped: the function is called "
+                                                "usd_per_million_tokens(tokens_per_second, usd_per_hour)."),
+            (round(expected, 2), "You rounded the result (to cents): return the exact value and round "
+                                 "only when you print it."),
         ]
         got = call_learner(usd_per_million_tokens, tps, usd_per_hour, name="usd_per_million_tokens",
                            hints={ZeroDivisionError: "Divide by the tokens per hour, which is never "
                                                      "zero here."})
         check_number(got, expected, f"usd_per_million_tokens({tps}, {usd_per_hour}) for {label}",
-                     known_mistakes=mistakes, rel_tol=1e-6,
+                     known_mistakes=[(v, h) for v, h in mistakes if v != expected], rel_tol=1e-6,
                      hint="Tokens per hour = tokens/s × 3,600; cost per million = "
                           "$/hour ÷ (tokens per hour / 1,000,000).")
     label, tps, usd = cases[0]
@@ -238,6 +242,11 @@ def check_sha256_of_file(sha256_of_file: Callable[[Path], str]) -> None:
                     fail(f"For {path.name} ({size:,} bytes) you hashed only the first {chunk:,} bytes.",
                          "Read in a loop until f.read(chunk) returns b'' and update() the hash "
                          "with every chunk.")
+                if size % chunk and text == hashlib.sha256(data[:size - size % chunk]).hexdigest():
+                    fail(f"For {path.name} ({size:,} bytes) you left out the last chunk, the one shorter "
+                         "than the size you read with" + (f" ({chunk:,} bytes)." if size > chunk else "."),
+                         "Keep reading until f.read(chunk) returns b'' (an empty bytes object): a chunk "
+                         "shorter than asked for is still data.")
                 if size > chunk and text == hashlib.sha256(data[-(size % chunk or chunk):]).hexdigest():
                     fail(f"For {path.name} you hashed only the last chunk.",
                          "Create the hash once before the loop and call update() on it for every "
@@ -380,6 +389,11 @@ def check_find_globals(find_globals: Callable[[bytes], Any]) -> None:
                      f"{sorted(expected - only_global)}.",
                      "Protocol 4 and later use STACK_GLOBAL, which has no argument: its module and "
                      "name are the last two strings pushed just before it (SHORT_BINUNICODE ops).")
+            if got_set < expected and all(g.split(".")[0] not in {"torch", "collections"} for g in got_set) \
+                    and any(g.split(".")[0] in {"torch", "collections"} for g in expected - got_set):
+                fail(f"For {label} you left out {sorted(expected - got_set)[:3]}: the globals you judged safe.",
+                     "Return every global the pickle imports, the harmless ones too; deciding which are "
+                     "allowed is the next step, with an allow-list.")
             missing, extra = expected - got_set, got_set - expected
             problem = []
             if missing:

@@ -324,12 +324,14 @@ def test_queries_known_mistakes(wrong, hint) -> None:
 from glassbox.exercise_checks.auditing import check_logprob_share  # noqa: E402
 
 
-def share_ok(top, pronoun, exponentiate=True):
-    """The right answer; ``exponentiate=False`` is the mistake of treating logprobs as probabilities."""
+def share_ok(top, pronoun, exponentiate=True, floor_from_others=False):
+    """The right answer; ``exponentiate=False`` is the mistake of treating logprobs as probabilities,
+    ``floor_from_others=True`` that of leaving the shown pronoun out of the smallest probability shown."""
     other = [p for p in PRONOUNS if p != pronoun][0]
     probs = {t: math.exp(v) if exponentiate else v for t, v in top.items()}
     t, o = probs.get(" " + pronoun), probs.get(" " + other)
-    floor = min(probs.values()) if probs else 0.0
+    pool = [v for k, v in probs.items() if not floor_from_others or k.strip() not in PRONOUNS]
+    floor = min(pool) if pool else 0.0
     if t is not None and o is not None:
         return t / (t + o), t / (t + o)
     if t is not None:
@@ -462,18 +464,7 @@ def test_queries_catalogue(wrong, hint) -> None:
 
 
 def share_floor_from_other_tokens(top, pronoun):
-    other = [p for p in PRONOUNS if p != pronoun][0]
-    probs = {t: math.exp(v) for t, v in top.items()}
-    rest = [v for t, v in probs.items() if t.strip() not in PRONOUNS]
-    floor = min(rest) if rest else 0.0
-    t, o = probs.get(" " + pronoun), probs.get(" " + other)
-    if t is not None and o is not None:
-        return t / (t + o), t / (t + o)
-    if t is not None:
-        return t / (t + floor), 1.0
-    if o is not None:
-        return 0.0, floor / (floor + o)
-    return 0.0, 1.0
+    return share_ok(top, pronoun, floor_from_others=True)
 
 
 def share_missing_is_the_floor(top, pronoun):

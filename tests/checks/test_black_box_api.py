@@ -202,15 +202,20 @@ def provider():
         yield handle
 
 
-def backoff_ok(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
-    for attempt in range(max_retries + 1):
-        try:
-            return request()
-        except openai.RateLimitError as error:
-            if attempt == max_retries:
-                raise
-            retry_after = float(error.response.headers.get("retry-after", 0))
-            sleep(max(retry_after, base_delay * 2 ** attempt))
+def _backoff(wait):
+    """A with_backoff that waits wait(retry_after, base_delay, attempt) before each retry."""
+    def with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+        for attempt in range(max_retries + 1):
+            try:
+                return request()
+            except openai.RateLimitError as error:
+                if attempt == max_retries:
+                    raise
+                sleep(wait(float(error.response.headers.get("retry-after", 0)), base_delay, attempt))
+    return with_backoff
+
+
+backoff_ok = _backoff(lambda retry_after, base_delay, attempt: max(retry_after, base_delay * 2 ** attempt))
 
 
 def test_backoff_accepts_right_answer_on_its_own_provider(capsys) -> None:
@@ -418,18 +423,6 @@ def test_open_model_logprobs_catalogue(tinygpt, api_top, wrong, hint) -> None:
     finally:
         model.eval()
         model.zero_grad(set_to_none=True)
-
-
-def _backoff(wait):
-    def with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
-        for attempt in range(max_retries + 1):
-            try:
-                return request()
-            except openai.RateLimitError as error:
-                if attempt == max_retries:
-                    raise
-                sleep(wait(float(error.response.headers.get("retry-after", 0)), base_delay, attempt))
-    return with_backoff
 
 
 @pytest.mark.parametrize("wait, hint", [

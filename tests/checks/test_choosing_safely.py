@@ -341,3 +341,50 @@ def test_find_globals_crash_becomes_feedback() -> None:
     with pytest.raises(ExerciseFailed) as info:
         check_find_globals(crashes)
     assert "find_globals raised AttributeError" in str(info.value)
+
+
+# ----------------------------------------------------------------- catalogue of wrong answers (issue 16)
+# Each answer below was rejected before issue 16 but without a message naming its mistake.
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda tps, usd: round(cost_ok(tps, usd), 2), "rounded the result"),
+    (lambda tps, usd: cost_ok(usd, tps), "arguments are swapped"),
+    (lambda tps, usd: usd * 3600 / tps, "expected"),
+])
+def test_cost_catalogue(wrong, hint) -> None:
+    fails_with(check_usd_per_million_tokens, wrong, match=hint)
+
+
+def all_but_the_last_short_chunk(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while len(chunk := f.read(65_536)) == 65_536:
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def latin1_text(path):
+    with open(path, encoding="latin-1") as f:   # right bytes, wrong habit: but the hash is right
+        return hashlib.sha256(f.read().encode("latin-1")).hexdigest()
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (all_but_the_last_short_chunk, "left out the last chunk"),
+    (lambda path: sha_ok(path).upper(), "right digits in another form"),
+    (lambda path: hashlib.sha256(path.read_bytes()).digest(), "32 raw bytes"),
+])
+def test_sha_catalogue(wrong, hint) -> None:
+    fails_with(check_sha256_of_file, wrong, match=hint)
+
+
+def only_the_suspicious_globals(data):
+    return {g for g in globals_ok(data) if g.split(".")[0] not in {"torch", "collections"}}
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (only_the_suspicious_globals, "the globals you judged safe"),
+    (lambda data: sorted(globals_ok(data))[0] if globals_ok(data) else "", "one string"),
+    (lambda data: {g.replace(".", ":") for g in globals_ok(data)}, "missing"),
+])
+def test_find_globals_catalogue(wrong, hint) -> None:
+    fails_with(check_find_globals, wrong, match=hint)
