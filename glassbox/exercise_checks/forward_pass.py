@@ -473,8 +473,7 @@ def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer
             expected = (module(x) if case_eps == module.eps
                         else nn.functional.layer_norm(x, x.shape[-1:], weight, bias, case_eps))
             got = call_learner(layer_norm, x, weight, bias, case_eps, name="layer_norm",
-                               hints=_LEARNER_HINTS, protect={"input x": x, "weight": weight,
-                                                              "bias": bias})
+                               protect={"input x": x, "weight": weight, "bias": bias})
         check_tensor(got, expected, f"layer_norm on {label}",
                      known_mistakes=_layer_norm_mistakes(x, weight, bias, case_eps, float(module.eps)),
                      rtol=1e-4, atol=1e-4,

@@ -31,7 +31,7 @@ from glassbox.exercise_checks.anatomy import (
 )
 from glassbox.paths import DATA_DIR
 from glassbox.exercise_checks.feedback import ExerciseFailed, check_number, check_tensor
-from checks.conftest import fails_with, random_gpt2
+from checks.conftest import fails_with, passes, random_gpt2
 
 
 @pytest.fixture
@@ -609,3 +609,11 @@ def test_count_llama_parameters_rejects_each_named_mistake(index) -> None:
         return anatomy._llama_formula(config, **anatomy._llama_settings(config)[index][0])
 
     fails_with(check_count_llama_parameters, wrong, match=hint[:45])
+
+
+def test_right_answers_pass_with_another_loaded_model(other_gpt2, capsys) -> None:
+    """The checks read every size from the loaded model: a 3-layer, 6-head GPT-2 works too."""
+    model, _ = other_gpt2
+    for check, answer in [(check_count_parameters, count_ok), (check_conv1d_to_linear, to_linear_ok),
+                          (check_split_qkv, split_ok), (check_model_size_mb, size_ok)]:
+        passes(check, answer, model, capsys=capsys)

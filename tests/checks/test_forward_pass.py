@@ -611,3 +611,11 @@ def test_gpt2_forward_rejects_each_named_mistake(tinygpt, variant, hint) -> None
         return fp.reference_forward(ids, sd, config, variant)
 
     fails_with(check_gpt2_forward, wrong, *tinygpt, match=_hint_start(hint))
+
+
+def test_right_answers_pass_with_another_loaded_model(other_gpt2, capsys) -> None:
+    """The checks read every size from the loaded model: a 3-layer, 6-head, eps 1e-6 GPT-2 works too."""
+    for check, answer in [(check_layer_norm, ln_ok), (check_attention_head, head_ok),
+                          (check_transformer_block, block_ok), (check_gpt2_forward, forward_ok),
+                          (check_next_token_probs, probs_ok)]:
+        passes(check, answer, *other_gpt2, capsys=capsys)

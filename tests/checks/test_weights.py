@@ -560,3 +560,11 @@ def test_qk_leaving_training_mode_is_named(model) -> None:
         return qk_ok(model, layer, head)
 
     fails_with(check_qk_singular_values, trains, model, match="left the model in training mode")
+
+
+def test_right_answers_pass_with_another_loaded_model(other_gpt2, capsys) -> None:
+    """The checks read every size from the loaded model: a 3-layer, 6-head GPT-2 works too."""
+    model, tokenizer = other_gpt2
+    passes(check_nearest_neighbours, nn_ok, model, tokenizer, capsys=capsys)
+    passes(check_position_pca, pca_ok, model, capsys=capsys)
+    passes(check_qk_singular_values, qk_ok, model, capsys=capsys)
