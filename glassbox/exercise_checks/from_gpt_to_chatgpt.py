@@ -26,6 +26,7 @@ mistakes are computed from the same inputs by the reference with one switch turn
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,15 @@ from glassbox.exercise_checks.auditing import _close
 from glassbox.exercise_checks.auditing import _wald_interval as _wald
 from glassbox.exercise_checks.auditing import wilson_interval
 from glassbox.exercise_checks.feedback import as_number as _number
-from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, passed, unpack
+from glassbox.exercise_checks.feedback import (
+    call_learner,
+    check_number,
+    check_type,
+    fail,
+    passed,
+    second_gpt2,
+    unpack,
+)
 
 __all__ = [
     "MAX_FALSE_POSITIVE_RATE",
@@ -336,15 +345,40 @@ def reference_layer_changes(base: Any, chat: Any) -> list[float]:
     return _layer_changes(base, chat)
 
 
+def _second_pair(base: Any) -> tuple[Any, Any]:
+    """feedback.second_gpt2 (other sizes than ``base``) and a copy changed more in later blocks."""
+    second = second_gpt2(base)
+    changed = copy.deepcopy(second)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for index, block in enumerate(changed.transformer.h):
+            for weight in block.parameters():
+                weight.add_(0.02 * (index + 1) * torch.randn(weight.shape, generator=generator))
+    return second, changed
+
+
 def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any) -> list[float]:
     """Check ``layer_changes(base, chat) -> list of floats``: for each transformer block, the
     relative change of all its parameters, ||W_chat - W_base|| / ||W_base|| (Frobenius norms
-    over every tensor of the block together). Returns the reference list.
+    over every tensor of the block together). Also checked on a second, random GPT-2 with
+    another number of blocks and a changed copy of it. Returns the reference list.
     """
+    expected = _compare_layer_changes(layer_changes, base, chat, "")
+    second = _compare_layer_changes(layer_changes, *_second_pair(base), " on a second, random GPT-2")
+    top = max(range(len(expected)), key=expected.__getitem__)
+    passed(f"layer_changes is right: block {top} changed most ({expected[top]:.2%} of its weights' norm); "
+           f"right too on a second, random GPT-2 with {len(second)} blocks of other sizes.")
+    return expected
+
+
+def _compare_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any, where: str) -> list[float]:
+    """Fail unless the learner's per-block changes for (base, chat) are the reference's; return those."""
     expected = _layer_changes(base, chat)
     weights = {f"{who} model's {name}": p for who, m in (("base", base), ("chat", chat))
                for name, p in m.named_parameters()}
-    got = call_learner(layer_changes, base, chat, name="layer_changes", protect=weights)
+    got = call_learner(layer_changes, base, chat, name=f"layer_changes{where}", protect=weights,
+                       hints={IndexError: "Loop over the blocks the model has (model.transformer.h), "
+                                          "never a number of blocks written in."})
     if isinstance(got, torch.Tensor):
         got = got.tolist()
     check_type(got, (list, tuple), "layer_changes(...)", "Return a list with one number per block.")
@@ -353,10 +387,9 @@ def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any)
         fail(f"You returned {len(values)} numbers for {len(expected)} blocks: the first looks like the embeddings.",
              "One number per block of model.transformer.h; the embeddings are not a layer here.")
     if len(values) != len(expected):
-        fail(f"layer_changes should return {len(expected)} numbers (one per block), got {len(values)}.")
+        fail(f"layer_changes{where} should return {len(expected)} numbers (one per block), got {len(values)}.",
+             "One number per block of model.transformer.h, however many the model has.")
     if all(_close(a, b, 1e-5) for a, b in zip(values, expected)):
-        top = max(range(len(expected)), key=expected.__getitem__)
-        passed(f"layer_changes is right: block {top} changed most ({expected[top]:.2%} of its weights' norm).")
         return expected
     mistakes = [(_layer_changes(base, chat, relative=False), "That is the absolute change ||W_chat - W_base||. Divide by "
                  "||W_base||: blocks whose weights are larger would otherwise look more changed.")]
@@ -374,10 +407,10 @@ def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any)
     for value, hint in mistakes:
         if not all(_close(a, b, 1e-5) for a, b in zip(expected, value)) and \
                 all(_close(a, b, 1e-5) for a, b in zip(values, value)):
-            fail("Your per-block changes differ from the reference.", hint)
+            fail(f"Your per-block changes{where} differ from the reference.", hint)
     if all(abs(v) < 1e-12 for v in values) and any(e > 0 for e in expected):
         fail("Every change is 0: you compared a model with itself.", "Pass the base model and the chat model, in that order.")
-    fail(f"Your per-block changes {[round(v, 5) for v in values]} differ from the reference {[round(v, 5) for v in expected]}.",
+    fail(f"Your per-block changes{where} {[round(v, 5) for v in values]} differ from the reference {[round(v, 5) for v in expected]}.",
          "For each block: sqrt(sum over its tensors of ||chat - base||²) / sqrt(sum of ||base||²).")
 
 

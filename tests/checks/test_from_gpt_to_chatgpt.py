@@ -331,3 +331,9 @@ def kl_of_the_probabilities(base_logits, chat_logits):
 ])
 def test_next_token_kl_catalogue(logits, wrong, hint) -> None:
     fails_with(check_next_token_kl, wrong, *logits, match=hint)
+
+
+def test_layer_changes_with_tinygpts_four_blocks_written_in(base_and_changed) -> None:
+    def four_blocks(base, chat):
+        return [good_layer_changes(base, chat)[i] for i in range(4)]
+    fails_with(check_layer_changes, four_blocks, *base_and_changed, match="second, random GPT-2")
