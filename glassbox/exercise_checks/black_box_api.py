@@ -563,7 +563,10 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
         ids = tokenizer(case_prompt)["input_ids"]
         expected = reference_logprobs(model, tokenizer, ids, case_tokens)
         got = call_learner(open_model_logprobs, model, tokenizer, case_prompt, list(case_tokens),
-                           name="open_model_logprobs", model=model)
+                           name="open_model_logprobs", model=model,
+                           hints={KeyError: "The check also asks about a second prompt and tokens the "
+                                            "API never returned: compute every value from the open "
+                                            "model, not from the API's numbers."})
         check_type(got, dict, f"open_model_logprobs for {label}",
                    hint="Return a dict {token: logprob}, one entry per token you were given.")
         if set(got) != set(case_tokens):

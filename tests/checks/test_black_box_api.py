@@ -446,3 +446,10 @@ def test_backoff_wait_mistakes_are_outside_the_tolerance() -> None:
             for waits, hint in black_box_api._wait_variants(retry_afters, base):
                 gap = max(abs(w - r) for w, r in zip(waits, right))
                 assert gap == 0 or gap >= 1e-3, (hint, gap)
+
+
+def test_open_model_logprobs_that_copies_the_apis_numbers(tinygpt, api_top) -> None:
+    """An answer that reads the API's own numbers is right on the API's prompt only."""
+    model, tokenizer = tinygpt
+    fails_with(check_open_model_logprobs, lambda m, t, prompt, tokens: {x: api_top[x] for x in tokens},
+               model, tokenizer, PROMPT, api_top, match="not from the API's numbers")
