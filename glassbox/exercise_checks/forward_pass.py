@@ -21,8 +21,9 @@ cannot be run on (a modified state dict).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,38 @@ _SHAPE_ERROR_HINT = (
     "(nn.Linear's convention, W of shape (out, in), is the other way round)."
 )
 _LEARNER_HINTS: dict[type[BaseException], str] = {RuntimeError: _SHAPE_ERROR_HINT}
+
+
+class _RanTheLibrary(RuntimeError):
+    """Raised when a learner's forward pass runs transformers' own GPT-2 modules."""
+
+
+@contextlib.contextmanager
+def _own_code_only() -> Iterator[None]:
+    """While the learner's function runs, transformers' GPT-2 modules refuse to run.
+
+    A block or forward pass that loads ``sd`` into ``GPT2LMHeadModel``, or calls the loaded
+    model's modules, would copy the library's answer instead of computing it from the tensors.
+    """
+    from transformers.models.gpt2 import modeling_gpt2 as library
+
+    def refuse(module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        raise _RanTheLibrary(f"{type(module).__name__}.forward of transformers ran inside your "
+                             "function")
+
+    classes = (library.GPT2Model, library.GPT2Block, library.GPT2Attention, library.GPT2MLP)
+    originals = [cls.forward for cls in classes]
+    for cls in classes:
+        cls.forward = refuse
+    try:
+        yield
+    finally:
+        for cls, original in zip(classes, originals):
+            cls.forward = original
+
+
+_OWN_CODE_HINT = ("This exercise asks for the computation written out from the tensors in sd: "
+                  "do not call the model, its modules, or a model built with transformers.")
 
 
 # --------------------------------------------------------------------------- the reference
@@ -588,9 +621,10 @@ _BLOCK_RTOL, _BLOCK_ATOL = 1e-5, 1e-5
 def _check_block(transformer_block: Callable[..., Any], label: str, x: torch.Tensor,
                  expected: torch.Tensor, sd: Mapping[str, torch.Tensor], layer: int,
                  config: Any, model: nn.Module) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), _own_code_only():
         got = call_learner(transformer_block, x, sd, layer, config, name="transformer_block",
-                           hints=_LEARNER_HINTS, protect={"input x": x}, model=model)
+                           hints={_RanTheLibrary: _OWN_CODE_HINT, **_LEARNER_HINTS},
+                           protect={"input x": x}, model=model)
     check_tensor(got, expected, label, rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
                  known_mistakes=mistakes_from(
                      lambda variant: reference_block(x, sd, layer, config, variant),
@@ -620,8 +654,10 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
     layer = layers[-1]
     with torch.no_grad():
         expected = reference_block(streams[layer], changed, layer, config)
-        got = call_learner(transformer_block, streams[layer], changed, layer, config,
-                           name="transformer_block", hints=_LEARNER_HINTS)
+        with _own_code_only():
+            got = call_learner(transformer_block, streams[layer], changed, layer, config,
+                               name="transformer_block",
+                               hints={_RanTheLibrary: _OWN_CODE_HINT, **_LEARNER_HINTS})
     if close(got, streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
         fail("transformer_block gives the loaded model's output even for a state dict whose "
              "tensors were changed: it does not read the `sd` it is given.",
@@ -646,6 +682,7 @@ _TIED_HINT = ("GPT-2's output layer is tied to the token embedding: logits = x @
               "sd['transformer.wte.weight']. GPT-2's own checkpoint files store no separate "
               "lm_head.weight, and this check also runs your function on such a state dict.")
 _FORWARD_HINTS = {
+    _RanTheLibrary: _OWN_CODE_HINT,
     KeyError: lambda exc: _TIED_HINT if "lm_head" in str(exc) else (
         f"The state dict has no entry {exc}. Take every size from config (config.n_layer, "
         "config.n_head, config.layer_norm_epsilon): this check also runs a second model with "
@@ -676,7 +713,7 @@ def _forward_mistakes(ids: torch.Tensor, sd: Mapping[str, torch.Tensor], config:
 
 def _forward_answer(gpt2_forward: Callable[..., Any], ids: torch.Tensor,
                     sd: Mapping[str, torch.Tensor], config: Any, model: nn.Module) -> Any:
-    with torch.no_grad():
+    with torch.no_grad(), _own_code_only():
         got = call_learner(gpt2_forward, ids.clone(), sd, config, name="gpt2_forward",
                            hints=_FORWARD_HINTS, model=model)
     if isinstance(got, torch.Tensor) and not got.is_floating_point() and got.shape == ids.shape:

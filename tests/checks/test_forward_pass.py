@@ -309,7 +309,21 @@ def test_transformer_block_must_read_sd(tinygpt) -> None:
 
     def uses_the_model(x, sd, layer, config):
         return model.transformer.h[layer](x[None])[0]
-    fails_with(check_transformer_block, uses_the_model, *tinygpt, match="does not read the `sd`")
+    fails_with(check_transformer_block, uses_the_model, *tinygpt,
+               match="GPT2Block.forward of transformers ran inside your function")
+
+
+def test_transformer_block_copying_a_cached_answer_does_not_read_sd(tinygpt) -> None:
+    model, tokenizer = tinygpt
+    cache = {}
+
+    def remembers(x, sd, layer, config):
+        key = (layer, tuple(x.shape))
+        if key not in cache:
+            cache[key] = block_ok(x, sd, layer, config)
+        return cache[key]
+
+    fails_with(check_transformer_block, remembers, *tinygpt, match="does not read the `sd`")
 
 
 def test_transformer_block_batch_axis(tinygpt) -> None:
@@ -354,7 +368,19 @@ def test_gpt2_forward_head_not_transposed(tinygpt) -> None:
 def test_gpt2_forward_must_read_sd(tinygpt) -> None:
     model, _ = tinygpt
     fails_with(check_gpt2_forward, lambda ids, sd, config: model(ids[None]).logits[0], *tinygpt,
-               match="does not read the `sd`")
+               match="GPT2Model.forward of transformers ran inside your function")
+
+
+def test_gpt2_forward_loading_sd_into_transformers_is_named(tinygpt) -> None:
+    """Reads sd, and would pass every comparison: but the library computes the answer."""
+    from transformers import GPT2LMHeadModel
+
+    def library(ids, sd, config):
+        built = GPT2LMHeadModel(config).eval()
+        built.load_state_dict(dict(sd), strict=False)
+        return built(ids[None]).logits[0]
+
+    fails_with(check_gpt2_forward, library, *tinygpt, match="do not call the model, its modules")
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -538,8 +564,8 @@ def test_gpt2_forward_leaving_gradients_on_the_model_is_named(tinygpt) -> None:
     model, _ = tinygpt
 
     def with_backward(ids, sd, config):
-        with torch.enable_grad():
-            model(ids[None]).logits.sum().backward()
+        with torch.enable_grad():  # e.g. a leftover from trying out a loss on the embedding
+            model.transformer.wte.weight[ids].pow(2).sum().backward()
         return forward_ok(ids, sd, config)
 
     try:
