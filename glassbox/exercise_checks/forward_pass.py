@@ -16,7 +16,10 @@ computed once an answer has failed, so a right answer costs one reference pass.
 Each ``check_*`` function takes the learner's function, the loaded model and the
 tokenizer. Ground truth comes from the model itself (its modules and its logits);
 the reference reimplementation is used for the mistakes and for inputs the model
-cannot be run on (a modified state dict).
+cannot be run on (a modified state dict). Every check also runs the learner's function on
+a second, random GPT-2 whose sizes and epsilon all differ (``feedback.second_gpt2``), so
+the loaded model's numbers written in fail; while a block or a forward pass runs,
+transformers' own GPT-2 modules refuse to run, so the library cannot compute the answer.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ the spot (random embeddings with very different lengths, positions with a large 
 offset, matrices whose effective rank is known exactly) makes the usual mistakes visible
 even when the loaded model happens to hide them.
 
-The learner's function always receives copies of the model's tensors, so an in-place
-edit (``E /= norms``) cannot damage the loaded model; the check says so when it happens.
+An in-place edit of a tensor the learner's function receives (``E /= norms``) is named and
+undone (``feedback.call_learner(protect=...)``); ``qk_singular_values`` must also leave the
+model's gradients and mode as they were, and runs on a second, random GPT-2 with other head
+sizes (``feedback.second_gpt2``).
 
 Known mistakes (dot product instead of cosine, the query's own tokens left in, PCA without
 centring, squared singular values, a d_head x d_head product...) are recomputed from the
