@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes, call_learner, check_number, check_tensor, check_type, fail, mistakes_from,
-    passed, second_gpt2, unpack)
+    Mistakes, Refused, call_learner, check_number, check_tensor, check_type, fail, mistakes_from,
+    passed, refusing, second_gpt2, unpack)
 
 __all__ = [
     "check_conv1d_to_linear",
@@ -138,6 +138,20 @@ def _count_mistakes(config: Any) -> Mistakes:
     return mistakes_from(lambda **overrides: _formula(config, **overrides), _count_settings(config))
 
 
+_NO_MODEL_HINT = ("The exercise is to count from the config's numbers: building the model "
+                  "(even on the meta device) and counting its parameters reads the answer.")
+
+
+def _no_model_built(family: str) -> Any:
+    """While the learner's count runs, building a GPT-2 or Llama model with transformers is refused."""
+    import transformers
+
+    classes = [getattr(transformers, f"{family}{suffix}") for suffix in ("Model", "LMHeadModel",
+                                                                          "ForCausalLM")
+               if hasattr(transformers, f"{family}{suffix}")]
+    return refusing([(cls, "__init__") for cls in classes], f"building a {family} model")
+
+
 # --------------------------------------------------------------------------- exercise 1
 
 def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Module) -> None:
@@ -163,7 +177,9 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
     for label, config, expected in cases:
         if expected is None:
             expected = reference_parameter_count(config)
-        got = call_learner(count_parameters, config, name="count_parameters")
+        with _no_model_built("GPT2"):
+            got = call_learner(count_parameters, config, name="count_parameters",
+                               hints={Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_parameters for {label}",
                      known_mistakes=_count_mistakes(config), integer=True,
                      hint="Go through the module tree: embeddings, then one block "
@@ -650,8 +666,10 @@ def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any
             if label.startswith(model) and int(row["total_parameters"]) != expected:
                 raise RuntimeError(f"data/model_configs.csv says {model} has {row['total_parameters']} "
                                    f"parameters; transformers builds {expected:,}")
-        got = call_learner(count_llama_parameters, dict(config), name="count_llama_parameters",
-                           hints={KeyError: "Use the config's keys: " + ", ".join(config) + "."})
+        with _no_model_built("Llama"):
+            got = call_learner(count_llama_parameters, dict(config), name="count_llama_parameters",
+                               hints={KeyError: "Use the config's keys: " + ", ".join(config) + ".",
+                                      Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_llama_parameters for {label}",
                      known_mistakes=_llama_mistakes(config), integer=True,
                      hint="Embedding, then per layer: q, k, v, o projections, gate, up, down, two "

@@ -19,10 +19,11 @@ nbgrader all count it as a failed test. Success prints one line that starts with
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
 import torch
@@ -41,6 +42,7 @@ __all__ = [
     "fail",
     "mistakes_from",
     "passed",
+    "refusing",
     "second_gpt2",
     "unpack",
 ]
@@ -173,6 +175,33 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
             fail(f"{label} {'; it also '.join(what for what, _ in problems)}.",
                  " ".join(how for _, how in problems))
     return result
+
+
+class Refused(RuntimeError):
+    """Raised when the learner's function uses what the exercise asks it to compute itself."""
+
+
+@contextlib.contextmanager
+def refusing(targets: Iterable[tuple[Any, str]], what: str) -> Iterator[None]:
+    """While the learner's function runs, each ``(owner, attribute)`` raises :class:`Refused`.
+
+    For answers that could read the answer: a parameter count that builds the model, a
+    forward pass that runs the library's. ``what`` names the refused thing in the message;
+    pass ``hints={Refused: ...}`` to :func:`call_learner` to say what to do instead.
+    """
+    targets = list(targets)
+    originals = [getattr(owner, name) for owner, name in targets]
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise Refused(f"{what} ran inside your function")
+
+    for owner, name in targets:
+        setattr(owner, name, refuse)
+    try:
+        yield
+    finally:
+        for (owner, name), original in zip(targets, originals):
+            setattr(owner, name, original)
 
 
 def expect_raises(fn: Callable[..., Any], *args: Any, exception: type[BaseException],

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes, call_learner, check_tensor, close, fail, mistakes_from, passed, second_gpt2,
-    unpack)
+    Mistakes, Refused, call_learner, check_tensor, close, fail, mistakes_from, passed, refusing,
+    second_gpt2, unpack)
 
 __all__ = [
     "CHECK_PROMPT",
@@ -66,12 +66,7 @@ _SHAPE_ERROR_HINT = (
 _LEARNER_HINTS: dict[type[BaseException], str] = {RuntimeError: _SHAPE_ERROR_HINT}
 
 
-class _RanTheLibrary(RuntimeError):
-    """Raised when a learner's forward pass runs transformers' own GPT-2 modules."""
-
-
-@contextlib.contextmanager
-def _own_code_only() -> Iterator[None]:
+def _own_code_only() -> contextlib.AbstractContextManager[None]:
     """While the learner's function runs, transformers' GPT-2 modules refuse to run.
 
     A block or forward pass that loads ``sd`` into ``GPT2LMHeadModel``, or calls the loaded
@@ -79,19 +74,8 @@ def _own_code_only() -> Iterator[None]:
     """
     from transformers.models.gpt2 import modeling_gpt2 as library
 
-    def refuse(module: nn.Module, *args: Any, **kwargs: Any) -> None:
-        raise _RanTheLibrary(f"{type(module).__name__}.forward of transformers ran inside your "
-                             "function")
-
     classes = (library.GPT2Model, library.GPT2Block, library.GPT2Attention, library.GPT2MLP)
-    originals = [cls.forward for cls in classes]
-    for cls in classes:
-        cls.forward = refuse
-    try:
-        yield
-    finally:
-        for cls, original in zip(classes, originals):
-            cls.forward = original
+    return refusing([(cls, "forward") for cls in classes], "transformers' own GPT-2 (forward)")
 
 
 _OWN_CODE_HINT = ("This exercise asks for the computation written out from the tensors in sd: "
@@ -626,7 +610,7 @@ def _check_block(transformer_block: Callable[..., Any], label: str, x: torch.Ten
                  config: Any, model: nn.Module) -> None:
     with torch.no_grad(), _own_code_only():
         got = call_learner(transformer_block, x, sd, layer, config, name="transformer_block",
-                           hints={_RanTheLibrary: _OWN_CODE_HINT, **_LEARNER_HINTS},
+                           hints={Refused: _OWN_CODE_HINT, **_LEARNER_HINTS},
                            protect={"input x": x}, model=model)
     check_tensor(got, expected, label, rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
                  known_mistakes=mistakes_from(
@@ -660,7 +644,7 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
         with _own_code_only():
             got = call_learner(transformer_block, streams[layer], changed, layer, config,
                                name="transformer_block",
-                               hints={_RanTheLibrary: _OWN_CODE_HINT, **_LEARNER_HINTS})
+                               hints={Refused: _OWN_CODE_HINT, **_LEARNER_HINTS})
     if close(got, streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
         fail("transformer_block gives the loaded model's output even for a state dict whose "
              "tensors were changed: it does not read the `sd` it is given.",
@@ -685,7 +669,7 @@ _TIED_HINT = ("GPT-2's output layer is tied to the token embedding: logits = x @
               "sd['transformer.wte.weight']. GPT-2's own checkpoint files store no separate "
               "lm_head.weight, and this check also runs your function on such a state dict.")
 _FORWARD_HINTS = {
-    _RanTheLibrary: _OWN_CODE_HINT,
+    Refused: _OWN_CODE_HINT,
     KeyError: lambda exc: _TIED_HINT if "lm_head" in str(exc) else (
         f"The state dict has no entry {exc}. Take every size from config (config.n_layer, "
         "config.n_head, config.layer_norm_epsilon): this check also runs a second model with "

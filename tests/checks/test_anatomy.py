@@ -617,3 +617,21 @@ def test_right_answers_pass_with_another_loaded_model(other_gpt2, capsys) -> Non
     for check, answer in [(check_count_parameters, count_ok), (check_conv1d_to_linear, to_linear_ok),
                           (check_split_qkv, split_ok), (check_model_size_mb, size_ok)]:
         passes(check, answer, model, capsys=capsys)
+
+
+def test_count_parameters_building_the_model_is_named(model) -> None:
+    """Building GPT2LMHeadModel(config) on the meta device and counting reads the answer."""
+    def builds(config):
+        with torch.device("meta"):
+            return sum(p.numel() for p in GPT2LMHeadModel(config).parameters())
+
+    fails_with(check_count_parameters, builds, model, match="building the model")
+
+
+def test_count_llama_parameters_building_the_model_is_named() -> None:
+    def builds(c):
+        from transformers import LlamaConfig, LlamaForCausalLM
+        with torch.device("meta"):
+            return sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**c)).parameters())
+
+    fails_with(check_count_llama_parameters, builds, match="building a Llama model ran inside")

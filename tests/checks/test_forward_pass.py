@@ -310,7 +310,7 @@ def test_transformer_block_must_read_sd(tinygpt) -> None:
     def uses_the_model(x, sd, layer, config):
         return model.transformer.h[layer](x[None])[0]
     fails_with(check_transformer_block, uses_the_model, *tinygpt,
-               match="GPT2Block.forward of transformers ran inside your function")
+               match="transformers' own GPT-2 (forward) ran inside your function")
 
 
 def test_transformer_block_copying_a_cached_answer_does_not_read_sd(tinygpt) -> None:
@@ -368,7 +368,7 @@ def test_gpt2_forward_head_not_transposed(tinygpt) -> None:
 def test_gpt2_forward_must_read_sd(tinygpt) -> None:
     model, _ = tinygpt
     fails_with(check_gpt2_forward, lambda ids, sd, config: model(ids[None]).logits[0], *tinygpt,
-               match="GPT2Model.forward of transformers ran inside your function")
+               match="transformers' own GPT-2 (forward) ran inside your function")
 
 
 def test_gpt2_forward_loading_sd_into_transformers_is_named(tinygpt) -> None:
