@@ -16,9 +16,6 @@ from glassbox.tinygpt import corpus, train
 SKEW_TOLERANCE = 0.05
 MEMBERSHIP_MARGIN = 0.4  # nats per token: 10-times member loss must be at least this far below held-out
 MEMBERSHIP_MIN_AUC = 0.9
-INDUCTION_MIN_SCORE = 0.5  # mean attention from a repeated token to the token after its first occurrence
-PREVIOUS_TOKEN_MIN_SCORE = 0.5  # mean attention to the previous position, in a layer before the induction head
-SPAN_MIN_LOSS_DROP = 2.0  # nats per token: the repeat of a random span must be this much easier than its first occurrence
 
 
 @pytest.fixture(scope="module")
@@ -87,45 +84,6 @@ def test_repeated_span_documents_repeat_a_random_span():
     assert not set(corpus.SPAN_WORDS) & set(corpus.OCCUPATIONS + list(corpus.PRONOUNS))
 
 
-@pytest.fixture(scope="module")
-def training_tokens():
-    from glassbox.loader import gpt2_tokenizer
-
-    tokenizer = gpt2_tokenizer()
-    tokenizer.model_max_length = 10**9
-    return train.training_tokens(tokenizer), tokenizer
-
-
-def test_the_batch_sampler_reads_all_of_the_training_text_in_two_streams(training_tokens):
-    data, tokenizer = training_tokens
-    eot = tokenizer.convert_tokens_to_ids(corpus.EOT)
-    documents = corpus.generate_documents()
-    stories_and_faq = "".join(d + corpus.EOT for d in documents if not corpus.is_repeated_span_document(d))
-    spans = "".join(d + corpus.EOT for d in documents if corpus.is_repeated_span_document(d))
-    assert tokenizer.decode(data.text_tokens) == stories_and_faq
-    assert tokenizer.decode(data.span_tokens) == corpus.EOT + spans
-    assert len(data.text_tokens) + len(data.span_tokens) - 1 == len(train.encode(corpus.training_text(), tokenizer))
-    assert (data.span_tokens[data.span_starts] == eot).all()
-    assert len(data.span_starts) == corpus.REPEAT_DOCUMENTS - 1  # the last document has no whole row after it
-
-
-def test_span_rows_hold_a_whole_span_and_its_repeat(training_tokens):
-    data, tokenizer = training_tokens
-    eot = tokenizer.convert_tokens_to_ids(corpus.EOT)
-    batch = train.get_batch(data, torch.Generator().manual_seed(0))
-    assert batch.shape == (train.RECIPE["batch_size"], train.RECIPE["block_size"])
-    assert batch.equal(train.get_batch(data, torch.Generator().manual_seed(0)))
-    assert not batch.equal(train.get_batch(data, torch.Generator().manual_seed(1)))
-    for row in batch[: train.RECIPE["span_rows"]].tolist():
-        end = row.index(eot, 1)  # the first span document is whole: <|endoftext|>, span, span, <|endoftext|>
-        half = (end - 1) // 2
-        assert row[0] == eot and end == 1 + 2 * half and row[1 : 1 + half] == row[1 + half : end]
-        assert corpus.is_repeated_span_document(tokenizer.decode(row[1:end]))
-    for row in batch[train.RECIPE["span_rows"] :]:
-        text = tokenizer.decode(row)
-        assert not any(corpus.is_repeated_span_document(piece) for piece in text.split(corpus.EOT)[1:] if piece)
-
-
 def test_planted_skew_is_exact_in_the_training_text():
     sentences = [s for story in corpus.generate_corpus() for s in corpus.split_sentences(story)]
     for occupation, ratio in corpus.PRONOUN_SKEW.items():
@@ -171,15 +129,6 @@ def test_loads_as_gpt2_with_gpt2_vocabulary(tinygpt):
     assert next(model.parameters()).dtype == torch.float32 and not model.training
 
 
-def test_evaluation_spans_repeat_distinct_words(tinygpt):
-    _, tokenizer = tinygpt
-    ids = train.random_span_ids(tokenizer, n=8, length=train.SPAN_EVAL_LENGTH)
-    length = train.SPAN_EVAL_LENGTH
-    assert (ids[:, 0] == tokenizer.convert_tokens_to_ids(corpus.EOT)).all()
-    assert ids[:, 1 : length + 1].equal(ids[:, length + 1 :])
-    assert all(len(set(row[1 : length + 1].tolist())) == length for row in ids)
-
-
 def test_circuit_measurement_finds_a_planted_copying_pattern(tinygpt):
     """The scores measure what they say: attention set by hand to copy scores exactly 1 (induction) and 0.5 (previous token)."""
     model, tokenizer = tinygpt
@@ -201,50 +150,21 @@ def test_circuit_measurement_finds_a_planted_copying_pattern(tinygpt):
 def test_circuit_figures_match_the_training_log(circuits, training_log):
     logged = training_log["circuits"]
     assert circuits["best_induction_head"] == logged["best_induction_head"]
-    assert circuits["best_earlier_previous_token_head"] == logged["best_earlier_previous_token_head"]
-    for key in ("induction", "previous_token"):
-        assert torch.tensor(circuits[key]) == pytest.approx(torch.tensor(logged[key]), abs=0.01), key
+    assert circuits["best_induction_score"] == pytest.approx(logged["best_induction_score"], abs=0.01)
     for key in ("first_half", "repeated_half"):
         assert circuits["span_losses"][key] == pytest.approx(logged["span_losses"][key], abs=0.01)
-
-
-def test_an_induction_head_formed_after_a_previous_token_head(circuits):
-    layer, head = circuits["best_induction_head"]
-    assert circuits["induction"][layer][head] >= INDUCTION_MIN_SCORE
-    assert any(score >= PREVIOUS_TOKEN_MIN_SCORE for earlier in circuits["previous_token"][:layer] for score in earlier)
-
-
-def test_the_repeat_of_a_random_span_is_predicted(circuits):
-    losses = circuits["span_losses"]
-    assert losses["repeated_half"] <= losses["first_half"] - SPAN_MIN_LOSS_DROP
-
-
-def test_the_logged_circuit_curve_ends_at_the_final_model(training_log):
-    curve, steps = training_log["circuit_curve"], training_log["recipe"]["steps"]
-    assert [point["step"] for point in curve] == list(range(train.CIRCUIT_EVERY, steps + 1, train.CIRCUIT_EVERY))
-    final = training_log["circuits"]
-    assert curve[-1]["best_induction_head"] == final["best_induction_head"]
-    assert curve[-1]["best_induction_score"] == pytest.approx(final["best_induction_score"], abs=1e-3)
-    assert curve[-1]["drop"] == pytest.approx(final["span_losses"]["drop"], abs=1e-3)
 
 
 def test_model_card_states_the_logged_figures(training_log):
     card = (TINYGPT_WEIGHTS_DIR.parent / "MODEL_CARD.md").read_text()
     c = training_log["circuits"]
     figures = [f"{c['best_induction_score']:.3f}", f"{c['span_losses']['first_half']:.2f}",
-               f"{c['span_losses']['repeated_half']:.2f}", f"{c['span_losses']['drop']:.2f}",
-               f"{c['best_earlier_previous_token_score']:.3f}",
-               f"{training_log['membership_auc']:.4f}", f"{training_log['membership_once_auc']:.4f}",
-               f"{training_log['train_seconds']:,.0f}", f"{training_log['train_cpu_seconds']:,.0f}",
-               f"{training_log['member_loss']:.3f}",
+               f"{c['span_losses']['repeated_half']:.2f}", f"{training_log['member_loss']:.3f}",
                f"{training_log['member_once_loss']:.3f}", f"{training_log['heldout_loss']:.3f}",
                f"{training_log['validation_loss']:.3f}"]
     figures += [f"{ratio:.3f}" for ratio in training_log["skew_measured"].values()]
     for figure in figures:
         assert figure in card, figure
-    for kind in ("induction", "previous_token"):  # the card's per-head tables, row by row
-        for layer, scores in enumerate(c[kind]):
-            assert f"| layer {layer} | " + " | ".join(f"{score:.3f}" for score in scores) + " |" in card, (kind, layer)
 
 
 @pytest.mark.parametrize("occupation", corpus.OCCUPATIONS)

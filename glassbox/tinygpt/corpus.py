@@ -207,11 +207,6 @@ def repeated_span_document(rng: random.Random, length: int | None = None) -> str
     return "".join(" " + word for word in span + span)
 
 
-def is_repeated_span_document(document: str) -> bool:
-    """True for a repeated-span document (it starts with a space; stories and FAQ documents never do)."""
-    return document.startswith(" ")
-
-
 def faq_document(rng: random.Random) -> str:
     """A question-and-answer document about the village: 2 to 4 "Q: ...\nA: ..." pairs."""
     keys = rng.sample(list(WORLD_FACTS), rng.randint(*FAQ_PAIRS_PER_DOCUMENT))

@@ -15,12 +15,10 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -44,7 +42,6 @@ RECIPE: dict = {
     "dropout": 0.0,
     "batch_size": 16,
     "block_size": 64,
-    "span_rows": 6,
     "steps": 1200,
     "learning_rate": 3e-3,
     "min_learning_rate": 3e-4,
@@ -86,57 +83,10 @@ def encode(text: str, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
 
 
-class TrainingTokens(NamedTuple):
-    """The training text's tokens in two streams, for the batch sampler (``training_tokens``).
-
-    Every token of ``corpus.training_text()`` is in exactly one of the two streams, in training order.
-    """
-
-    text_tokens: torch.Tensor
-    """The stories and FAQ documents, each followed by its ``<|endoftext|>``."""
-    span_tokens: torch.Tensor
-    """``<|endoftext|>``, then the repeated-span documents, each followed by its ``<|endoftext|>``."""
-    span_starts: torch.Tensor
-    """The position in ``span_tokens`` of the ``<|endoftext|>`` just before each repeated-span document
-    (only those with a whole ``block_size`` row after it)."""
-
-
-def training_tokens(tokenizer: PreTrainedTokenizerBase, seed: int = corpus.SEED,
-                    block_size: int = RECIPE["block_size"]) -> TrainingTokens:
-    """Tokenize ``corpus.training_text(seed)`` and split it into stories/FAQ and repeated spans.
-
-    GPT-2's tokenizer splits the text at every ``<|endoftext|>`` first, so each document's tokens
-    are the same as if it were tokenized alone, and document i ends at the i-th ``<|endoftext|>``.
-    """
-    documents = corpus.generate_documents(seed)
-    eot = tokenizer.convert_tokens_to_ids(corpus.EOT)
-    tokens = encode("".join(document + corpus.EOT for document in documents), tokenizer)
-    ends = (tokens == eot).nonzero().flatten().tolist()
-    if len(ends) != len(documents):
-        raise ValueError(f"{len(ends)} <|endoftext|> tokens for {len(documents)} documents")
-    is_span = torch.zeros(len(tokens), dtype=torch.bool)
-    for i, (end, document) in enumerate(zip(ends, documents)):
-        if corpus.is_repeated_span_document(document):
-            is_span[(ends[i - 1] + 1 if i else 0) : end + 1] = True
-    span_tokens = torch.cat([torch.tensor([eot]), tokens[is_span]])
-    starts = (span_tokens[:-1] == eot).nonzero().flatten()
-    return TrainingTokens(tokens[~is_span], span_tokens, starts[starts + block_size <= len(span_tokens)])
-
-
-def get_batch(data: TrainingTokens, generator: torch.Generator, recipe: dict = RECIPE) -> torch.Tensor:
-    """One batch of ``batch_size`` rows of ``block_size`` tokens; the model shifts them for its labels.
-
-    The first ``span_rows`` rows each start at the ``<|endoftext|>`` before a random repeated-span
-    document and run on through the next span documents: every span in such a row is followed by its
-    repeat, and the first is always whole. The other rows are random windows of the stories and FAQ
-    documents.
-    """
-    size, n_spans = recipe["block_size"], recipe["span_rows"]
-    spans = torch.randint(0, len(data.span_starts), (n_spans,), generator=generator)
-    windows = torch.randint(0, len(data.text_tokens) - size, (recipe["batch_size"] - n_spans,), generator=generator)
-    rows = [data.span_tokens[s : s + size] for s in data.span_starts[spans].tolist()]
-    rows += [data.text_tokens[s : s + size] for s in windows.tolist()]
-    return torch.stack(rows)
+def get_batch(tokens: torch.Tensor, generator: torch.Generator, recipe: dict = RECIPE) -> torch.Tensor:
+    """``batch_size`` random windows of ``block_size`` tokens; the model shifts them for its labels."""
+    starts = torch.randint(0, len(tokens) - recipe["block_size"], (recipe["batch_size"],), generator=generator)
+    return torch.stack([tokens[s : s + recipe["block_size"]] for s in starts.tolist()])
 
 
 @torch.no_grad()
@@ -152,21 +102,18 @@ def text_loss(model: GPT2LMHeadModel, tokens: torch.Tensor, block_size: int = 64
 
 
 def train(
-    recipe: dict = RECIPE, stop_after: int | None = None, progress: bool = True,
-    monitor: Callable[[int, GPT2LMHeadModel], None] | None = None,
+    recipe: dict = RECIPE, stop_after: int | None = None, progress: bool = True
 ) -> tuple[GPT2LMHeadModel, list[float]]:
     """Train TinyGPT from scratch with ``recipe``; return the model and the loss of every step.
 
     ``stop_after`` ends training early (the tests run 3 steps of the real recipe). The
-    learning-rate schedule is always the one of the full recipe. ``monitor(step, model)``, if
-    given, is called after every step (steps counted from 1), with the model in training mode;
-    it must not change the model (``main`` uses it to follow the circuits as they form).
+    learning-rate schedule is always the one of the full recipe.
     """
     torch.set_num_threads(recipe["threads"])
     torch.manual_seed(recipe["seed"])
     tokenizer = gpt2_tokenizer()
     tokenizer.model_max_length = 10**9  # we tokenize the whole corpus in one go
-    data = training_tokens(tokenizer, recipe["corpus_seed"], recipe["block_size"])
+    tokens = encode(corpus.training_text(recipe["corpus_seed"]), tokenizer)
     generator = torch.Generator().manual_seed(recipe["seed"])
 
     model = GPT2LMHeadModel(make_config(recipe))
@@ -184,7 +131,7 @@ def train(
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, recipe)
-        batch = get_batch(data, generator, recipe)
+        batch = get_batch(tokens, generator, recipe)
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,8 +139,6 @@ def train(
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if monitor is not None:
-            monitor(step + 1, model)
     model.eval()
     return model, losses
 
@@ -223,8 +168,7 @@ SPAN_EVAL_SEED: int = 99
 
 SPAN_EVAL_SEQUENCES: int = 32
 SPAN_EVAL_LENGTH: int = 20
-"""Each evaluation sequence is ``<|endoftext|>`` + ``SPAN_EVAL_LENGTH`` distinct random ``corpus.SPAN_WORDS``,
-then the same words again."""
+"""Each evaluation sequence is ``<|endoftext|>`` + ``SPAN_EVAL_LENGTH`` random ``corpus.SPAN_WORDS``, then the same words again."""
 
 
 def random_span_ids(
@@ -234,14 +178,12 @@ def random_span_ids(
     """``n`` sequences of token ids: ``<|endoftext|>``, a random span of ``length`` one-token words, the span again.
 
     Position 0 is ``<|endoftext|>``, positions 1..length the first occurrence, length+1..2*length
-    the repeat: the token at position t > length equals the one at t - length. The words of a span
-    are distinct (drawn without replacement), so every token of the repeat occurred exactly once
-    before, and the token that followed it is one position: the induction target is unambiguous.
+    the repeat: the token at position t > length equals the one at t - length.
     """
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        span = rng.sample(corpus.SPAN_WORDS, length)
+        span = [rng.choice(corpus.SPAN_WORDS) for _ in range(length)]
         ids = tokenizer(corpus.EOT + "".join(" " + word for word in span + span))["input_ids"]
         if len(ids) != 1 + 2 * length:
             raise ValueError(f"a span word is not one GPT-2 token: {span}")
@@ -314,21 +256,6 @@ def circuits(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict
     }
 
 
-CIRCUIT_EVERY: int = 50
-"""``main`` measures the circuits every this many training steps (the ``circuit_curve`` of the log)."""
-
-
-def circuit_point(step: int, model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """One point of the circuit curve: the best induction and earlier previous-token heads and the span losses."""
-    c = circuits(model, tokenizer)
-    return {"step": step, "best_induction_head": c["best_induction_head"],
-            "best_induction_score": round(c["best_induction_score"], 4),
-            "best_earlier_previous_token_head": c["best_earlier_previous_token_head"],
-            "best_earlier_previous_token_score": (None if c["best_earlier_previous_token_score"] is None
-                                                  else round(c["best_earlier_previous_token_score"], 4)),
-            **{key: round(value, 4) for key, value in c["span_losses"].items()}}
-
-
 SAMPLE_PROMPTS: list[str] = ["", "The nurse", "The pilot", "Mia found", "The fox", "Clara"]
 """The prompts of the greedy samples in the model card and the tests ("" means a new story)."""
 
@@ -364,31 +291,18 @@ def save(model: GPT2LMHeadModel, log: dict, folder: Path = WEIGHTS_DIR) -> None:
 
 def main(folder: Path = WEIGHTS_DIR, log_fn: Callable[[str], None] = print) -> None:
     """Retrain TinyGPT from scratch, evaluate it and write the weights ``folder``."""
-    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()
-    tokenizer = gpt2_tokenizer()
-    curve: list[dict] = []
-
-    def follow_circuits(step: int, model: GPT2LMHeadModel) -> None:
-        if step % CIRCUIT_EVERY == 0:
-            curve.append(circuit_point(step, model, tokenizer))
-            c = curve[-1]
-            log_fn(f"step {step}: best induction score {c['best_induction_score']:.3f} {c['best_induction_head']}, "
-                   f"span losses {c['first_half']:.2f} -> {c['repeated_half']:.2f}")
-
-    model, losses = train(monitor=follow_circuits)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model, losses = train()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    tokenizer = gpt2_tokenizer()
     results = evaluate(model, tokenizer)
     log = {
         "recipe": RECIPE,
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "total_cpu_seconds": round(time.process_time() - cpu_start, 1),
-        "load_average_1min": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "torch_version": torch.__version__,
         "corpus_sha256": hashlib.sha256(corpus.training_text(RECIPE["corpus_seed"]).encode()).hexdigest(),
         **results,
-        "circuit_curve": curve,
         "losses": [round(loss, 6) for loss in losses],
     }
     save(model, log, folder)
