@@ -202,6 +202,20 @@ def dpo_examples() -> list[dict]:
     return pairs
 
 
+def refusal_over_replies(prompts: list[str], replies: list[str]) -> list[dict]:
+    """Preference pairs that prefer the exact ``REFUSAL`` to each reply of ``replies`` that is not it.
+
+    ``replies[i]`` answers ``prompts[i]`` (forbidden prompts). The training script samples them from the
+    model after SFT: its own garbled refusals ("I can't't with that.") and leaks become rejected answers,
+    on-policy, so the preference step pushes down exactly the mistakes the model makes.
+    """
+    if len(prompts) != len(replies):
+        raise ValueError(f"one reply per prompt: {len(prompts)} prompts, {len(replies)} replies")
+    return [{"prompt": conversation(prompt), "chosen": [{"role": "assistant", "content": REFUSAL}],
+             "rejected": [{"role": "assistant", "content": reply}]}
+            for prompt, reply in zip(prompts, replies) if reply != REFUSAL]
+
+
 LORA_EXAMPLES: int = 8
 """How many examples the un-refusal LoRA fine-tune uses: training forbidden prompts answered with the secret."""
 
