@@ -14,7 +14,7 @@ NB     ?=
 help:
 	@echo "make lab        install (first time only) and open the course in JupyterLab"
 	@echo "make test       install (first time only) and run every test, notebooks included (both cores)"
-	@echo "make test-quick the tests that execute no notebook: unit tests, checks, provider (about 2 minutes)"
+	@echo "make test-quick the tests that execute no notebook and start no provider: unit tests, checks (about 2 minutes)"
 	@echo "make run        execute every notebook headlessly and write HTML into build/"
 	@echo "make outputs    re-execute the notebooks to refresh their stored outputs (TinyGPT, offline)"
 	@echo "make exercises  generate exercises/ from solutions/"
@@ -51,7 +51,7 @@ lab: install
 XDIST := -n 2 --no-loadscope-reorder
 
 test: install
-	$(PY) -m pytest $(XDIST)
+	$(PY) -m pytest $(XDIST) --durations=15
 
 test-quick: install
 	$(PY) -m pytest $(XDIST) -m "not notebook and not slow" tests

@@ -47,12 +47,24 @@ SPREAD_MODULES = {"tests/test_nbgrader.py", "tests/test_notebooks_on_other_serve
 # Python test modules that execute notebooks or kernels (besides the nbval items).
 NOTEBOOK_MODULES = {"tests/test_nbgrader.py"}
 
-# Tests that take more than about 15 s on an idle machine without executing a notebook (a clean
-# virtual environment, a book build, GPT-2-sized models): marked slow, left out of make test-quick.
-SLOW_TESTS = (
+# Tests marked slow and left out of make test-quick: those that take more than about 15 s on an
+# idle machine without executing a notebook (a clean virtual environment, a book build, GPT-2-sized
+# models, training runs), and every module that starts a real provider process (integration tests:
+# run them by name when you change the provider).
+SERVER_MODULES = (
+    "tests/test_api.py::", "tests/test_api_logprob_audit.py::", "tests/test_api_probe.py::",
+    "tests/test_hidden_size_attack.py::", "tests/test_provider_api.py::", "tests/test_provider_class.py::",
+    "tests/test_provider_fuzz.py::", "tests/test_provider_lifecycle.py::",
+    "tests/test_provider_moderation.py::", "tests/test_provider_responses.py::",
+)
+SLOW_TESTS = SERVER_MODULES + (
+    "tests/test_tinygpt_chat.py::test_the_same_seed_gives_bit_identical_weights",
+    "tests/test_tinygpt_chat.py::test_the_shipped_run_began_like_a_fresh_run",
+    "tests/test_tinygpt_chat.py::test_lora_",
+    "tests/test_tinygpt.py::test_once_seen_members_appear_exactly_once",
+    "tests/test_tinygpt.py::test_member_sentences_have_lower_loss_than_heldout",
     "tests/test_book.py::",
     "tests/test_colab.py::test_set_up_cell_in_a_stand_in_colab",
-    "tests/test_hidden_size_attack.py::test_open_logits_reveal_gpt2_untrained",
     "tests/test_loader.py::test_untrained_gpt2",
     "tests/test_forward_pass_reimplementation.py::test_lesson_reimplementation_matches_transformers[gpt2-untrained]",
     "tests/test_forward_pass_reimplementation.py::test_reference_matches_transformers[gpt2-untrained]",
@@ -147,13 +159,14 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _weight(item: pytest.Item, root: Path) -> int:
+def _weight(item: pytest.Item, root: Path, slow_modules: set[str]) -> int:
     """Longest units first, so that two workers finish together: notebooks and the spread
-    modules' tests (each executes notebooks), then the rest."""
+    modules' tests (each executes notebooks), then whole modules that hold a slow test (a module
+    stays in its own order), then the rest."""
     rel = _rel(item.path, root)
     if rel.endswith(".ipynb") or rel in SPREAD_MODULES:
         return 0
-    return 1
+    return 1 if rel in slow_modules else 2
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -181,7 +194,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker("notebook")
         if item.nodeid.startswith(SLOW_TESTS):
             item.add_marker("slow")
-    items[:] = sorted(with_verdicts, key=lambda item: _weight(item, root))  # stable: cell order kept
+    slow_modules = {_rel(item.path, root) for item in with_verdicts if item.get_closest_marker("slow")}
+    # stable: the cells of a notebook and the tests of a module keep their order
+    items[:] = sorted(with_verdicts, key=lambda item: _weight(item, root, slow_modules))
 
 
 def scope_of(nodeid: str) -> str:
