@@ -58,6 +58,7 @@ SERVER_MODULES = (
     "tests/test_provider_moderation.py::", "tests/test_provider_responses.py::",
 )
 SLOW_TESTS = SERVER_MODULES + (
+    "tests/checks/test_black_box_api.py::test_backoff_",  # the back-off check starts a provider
     "tests/test_tinygpt_chat.py::test_the_same_seed_gives_bit_identical_weights",
     "tests/test_tinygpt_chat.py::test_the_shipped_run_began_like_a_fresh_run",
     "tests/test_tinygpt_chat.py::test_lora_",
