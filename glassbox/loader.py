@@ -92,6 +92,8 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_SECONDS) -> tuple[bool, str]:
     url = hub_constants.ENDPOINT.rstrip("/") + "/api/models/" + HUB_REPOS["gpt2"]
     result: dict[str, tuple[bool, str]] = {}
 
+    silent = f"the Hub did not answer within {timeout:g} s"
+
     def ask() -> None:
         try:
             with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
@@ -100,12 +102,14 @@ def hub_reachable(timeout: float = HUB_TIMEOUT_SECONDS) -> tuple[bool, str]:
             result["answer"] = (True, f"the Hub answered with HTTP {error.code}")
         except Exception as error:  # noqa: BLE001 - any failure means "not reachable"
             reason = getattr(error, "reason", error)
-            result["answer"] = (False, f"no connection to the Hub ({reason})")
+            # The socket's own timeout can fire just before the join below gives up: the same silence.
+            result["answer"] = (False, silent if isinstance(reason, TimeoutError)
+                                else f"no connection to the Hub ({reason})")
 
     thread = threading.Thread(target=ask, daemon=True)
     thread.start()
     thread.join(timeout)
-    return result.get("answer", (False, f"the Hub did not answer within {timeout:g} s"))
+    return result.get("answer", (False, silent))
 
 
 def gpt2_in_local_cache(name: str = "gpt2") -> bool:

@@ -194,3 +194,13 @@ def test_a_model_folder_with_a_chat_template_gets_it(tiny_model_dir):
     (tiny_model_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}!\n")
     _, tokenizer = load_model(str(tiny_model_dir), verbose=False)
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hey"}], tokenize=False) == "hey!"
+
+
+def test_the_sockets_own_timeout_reads_as_silence_not_as_no_connection(silent_hub, monkeypatch):
+    # Under load the socket's timeout can fire before the thread's join gives up; both mean the Hub
+    # accepted the connection and said nothing. The join waits longer here, so the socket fires first.
+    original_join = threading.Thread.join
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: original_join(self, None))
+    reachable, why = hub_reachable(timeout=0.5)
+    assert not reachable
+    assert why == "the Hub did not answer within 0.5 s", why
