@@ -240,24 +240,8 @@ def one_retry_too_many(request, max_retries=4, base_delay=0.5, sleep=time.sleep)
     return backoff_ok(request, max_retries + 1, base_delay, sleep)
 
 
-def ignores_retry_after(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
-    for attempt in range(max_retries + 1):
-        try:
-            return request()
-        except openai.RateLimitError:
-            if attempt == max_retries:
-                raise
-            sleep(base_delay * 2 ** attempt)
-
-
-def constant_wait(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
-    for attempt in range(max_retries + 1):
-        try:
-            return request()
-        except openai.RateLimitError as error:
-            if attempt == max_retries:
-                raise
-            sleep(max(float(error.response.headers["retry-after"]), base_delay))
+ignores_retry_after = _backoff(lambda retry_after, base_delay, attempt: base_delay * 2 ** attempt)
+constant_wait = _backoff(lambda retry_after, base_delay, attempt: max(retry_after, base_delay))
 
 
 def retries_everything(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
