@@ -1,50 +1,29 @@
-"""Checks for chapter 06, "Using a model you cannot see".
-
-Each ``check_*`` function calls the learner's function and compares the result with a
-reference computed here: from real ``usage`` objects and the dated price table, from
-real 429 responses of the course's provider, from logprobs the provider returned, or
-from the open model's exact distribution. Known mistakes (prices per thousand instead of
-per million tokens, input and output prices swapped, retrying forever, ignoring
-``retry-after``, probabilities instead of log-probabilities...) are computed from the
-same inputs, so their hints fire for whichever model is loaded.
-"""
+"""Checks for chapter 06, "Using a model you cannot see": each reference is computed from real ``usage``
+objects and the dated price table, the course provider's real 429s, or the open model's distribution."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import torch
 from openai.types import CompletionUsage
 
-from glassbox.exercise_checks.feedback import (
-    ExerciseFailed,
-    as_number,
-    call_learner,
-    check_number,
-    check_type,
-    fail,
-    passed,
-)
+from glassbox.exercise_checks.feedback import (ExerciseFailed, as_number, call_learner, check_number, check_type,
+                                               fail, mistakes_from, passed)
 from glassbox.paths import DATA_DIR
 
-__all__ = [
-    "PRICE_COLUMNS",
-    "check_batch_cost",
-    "check_open_model_logprobs",
-    "check_weights_changed",
-    "check_with_backoff",
-    "read_prices",
-    "reference_batch_cost",
-    "reference_logprobs",
-    "reference_weights_changed",
-]
+__all__ = ["PRICE_COLUMNS", "check_batch_cost", "check_open_model_logprobs", "check_weights_changed",
+           "check_with_backoff", "read_prices", "reference_batch_cost", "reference_logprobs",
+           "reference_weights_changed"]
 
 PRICE_COLUMNS: tuple[str, ...] = ("usd_per_1m_input", "usd_per_1m_output", "usd_per_1m_cached_input")
 """The numeric columns of data/api_prices.csv (US dollars per million tokens)."""
@@ -62,38 +41,35 @@ def read_prices(path: str | Path = DATA_DIR / "api_prices.csv") -> list[dict[str
     return rows
 
 
+def _cost(usages: Sequence[Any], price: Mapping[str, Any], prompt_at: str = "in", completion_at: str = "out",
+          per: float = 1e6, per_call: bool = False) -> float:
+    """The batch's cost (defaults), or a mistake: tokens at another price ("", "in", "out", "both"), another unit."""
+    rates = {"": 0.0, "in": price["usd_per_1m_input"], "out": price["usd_per_1m_output"]}
+    rates["both"] = rates["in"] + rates["out"]
+    cost = sum(u.prompt_tokens * rates[prompt_at] + u.completion_tokens * rates[completion_at] for u in usages) / per
+    return cost / max(len(usages), 1) if per_call else cost
+
+
 def reference_batch_cost(usages: Sequence[Any], price: Mapping[str, Any]) -> float:
     """Dollars for a batch of calls: prompt tokens at the input price, completion tokens at the output price."""
-    prompt = sum(u.prompt_tokens for u in usages)
-    completion = sum(u.completion_tokens for u in usages)
-    return (prompt * price["usd_per_1m_input"] + completion * price["usd_per_1m_output"]) / 1e6
+    return _cost(usages, price)
 
 
-def _cost_mistakes(usages: Sequence[Any], price: Mapping[str, Any]) -> list[tuple[float, str]]:
-    prompt = sum(u.prompt_tokens for u in usages)
-    completion = sum(u.completion_tokens for u in usages)
-    total = sum(u.total_tokens for u in usages)
-    p_in, p_out = price["usd_per_1m_input"], price["usd_per_1m_output"]
-    return [
-        ((prompt * p_out + completion * p_in) / 1e6,
-         "The input and output prices are swapped: prompt_tokens are input, "
-         "completion_tokens are output."),
-        (total * p_in / 1e6, "You charged every token at the input price. Output (completion) "
-                             "tokens have their own, higher price."),
-        (total * p_out / 1e6, "You charged every token at the output price. Prompt tokens are "
-                              "charged at the input price."),
-        (prompt * p_in / 1e6, "You left out the completion (output) tokens."),
-        (completion * p_out / 1e6, "You left out the prompt (input) tokens."),
-        (total * (p_in + p_out) / 1e6, "You charged every token twice, at both prices. Use "
-                                       "prompt_tokens and completion_tokens, not total_tokens."),
-        ((prompt * p_in + completion * p_out) / 1e3,
-         "The table's prices are per MILLION tokens: divide by 1,000,000, not 1,000."),
-        (prompt * p_in + completion * p_out, "The table's prices are per million tokens: "
-                                             "divide by 1,000,000."),
-        ((prompt * p_in + completion * p_out) / 1e6 / max(len(usages), 1),
-         "That is the average cost of one call: the batch costs the sum over all its calls."),
-    ]
-
+_COST_MISTAKES = [
+    (dict(prompt_at="out", completion_at="in"), "The input and output prices are swapped: prompt_tokens are "
+                                                "input, completion_tokens are output."),
+    (dict(completion_at="in"), "You charged every token at the input price. Output (completion) tokens have "
+                               "their own, higher price."),
+    (dict(prompt_at="out"), "You charged every token at the output price. Prompt tokens are charged at the "
+                            "input price."),
+    (dict(completion_at=""), "You left out the completion (output) tokens."),
+    (dict(prompt_at=""), "You left out the prompt (input) tokens."),
+    (dict(prompt_at="both", completion_at="both"), "You charged every token twice, at both prices. Use "
+                                                   "prompt_tokens and completion_tokens, not total_tokens."),
+    (dict(per=1e3), "The table's prices are per MILLION tokens: divide by 1,000,000, not 1,000."),
+    (dict(per=1.0), "The table's prices are per million tokens: divide by 1,000,000."),
+    (dict(per_call=True), "That is the average cost of one call: the batch costs the sum over all its calls."),
+]
 
 _USAGE_HINT = ("Each usage is an object: usage.prompt_tokens and usage.completion_tokens "
                "(attributes, not usage['prompt_tokens']). The price row is a dict of floats: "
@@ -102,12 +78,7 @@ _USAGE_HINT = ("Each usage is an object: usage.prompt_tokens and usage.completio
 
 def check_batch_cost(batch_cost: Callable[..., Any], usages: Sequence[Any],
                      prices: Sequence[Mapping[str, Any]] | None = None) -> None:
-    """Check ``batch_cost(usages, price) -> float`` (US dollars).
-
-    ``usages`` are the ``usage`` objects of real calls; the check prices them with every
-    row of ``data/api_prices.csv`` (read here), and also prices a made-up batch and an
-    empty one.
-    """
+    """Check ``batch_cost(usages, price) -> float`` (US dollars) at every price of the table."""
     rows = list(prices) if prices is not None else read_prices()
     usages = list(usages)
     for usage in usages:
@@ -121,25 +92,26 @@ def check_batch_cost(batch_cost: Callable[..., Any], usages: Sequence[Any],
     cases += [("a made-up batch of 1,207 prompt and 301 completion tokens", made_up, rows[0]),
               ("an empty batch", [], rows[0])]
     for label, batch, row in cases:
-        expected = reference_batch_cost(batch, row)
         got = call_learner(batch_cost, list(batch), row, name="batch_cost",
                            hints={AttributeError: _USAGE_HINT, TypeError: _USAGE_HINT})
-        check_number(got, expected, f"batch_cost for {label}",
-                     known_mistakes=lambda: _cost_mistakes(batch, row),
-                     rel_tol=1e-9, abs_tol=1e-15,
+        check_number(got, _cost(batch, row), f"batch_cost for {label}", rel_tol=1e-9, abs_tol=1e-15,
+                     known_mistakes=mistakes_from(lambda **s: _cost(batch, row, **s), _COST_MISTAKES),
                      hint="cost = (sum of prompt_tokens × input price + sum of completion_tokens "
                           "× output price) / 1,000,000.")
     first = rows[0]
     passed(f"batch_cost: right for your {len(usages)} calls at all {len(rows)} prices of the table "
-           f"(e.g. ${reference_batch_cost(usages, first):.6f} at {first['model']}'s price as of "
+           f"(e.g. ${_cost(usages, first):.6f} at {first['model']}'s price as of "
            f"{first['as_of']}), for a made-up batch and for an empty one.")
 
 
 # --------------------------------------------------------------------------- exercise 2
 
 BACKOFF_RPM = 20
-"""The rate limit the back-off check sets: 20 requests per minute per key, so the
-allowance refills by one request every 3 seconds (the longest real wait of the check)."""
+"""The rate limit of the back-off check's real-waiting case: one request every 3 seconds."""
+
+RETRY_AFTERS: tuple[float, ...] = (3.0, 1.0, 7.0, 2.0)
+"""The retry-after of each 429 the check replays in turn: each differs from the one before, so only an
+answer that reads the header of every 429 waits right."""
 
 
 def _rate_limited(request: Callable[[], Any], tries: int) -> openai.RateLimitError:
@@ -157,44 +129,42 @@ def _retry_after(error: openai.RateLimitError) -> float:
     return float(value) if value is not None else 0.0
 
 
-class _Recorder:
-    """A fake ``sleep`` that records the delays it is asked for and returns at once."""
+def _replaying(real: openai.RateLimitError) -> Callable[[], Any]:
+    """A request that raises the provider's real 429 again and again, with the retry-afters of RETRY_AFTERS."""
+    seconds = iter(RETRY_AFTERS * 4)
 
-    def __init__(self) -> None:
+    def request() -> Any:
+        wait = next(seconds)
+        headers = {**real.response.headers, "retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"}
+        response = httpx.Response(429, headers=headers, content=real.response.content,
+                                  request=real.response.request)
+        raise openai.RateLimitError(real.message, response=response, body=real.body)
+    return request
+
+
+class _Sleep:
+    """The ``sleep`` the check hands over: records each delay, and really sleeps (capped) if ``cap`` is set."""
+
+    def __init__(self, cap: float | None = None) -> None:
         self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(_as_delay(seconds))
-
-
-class _RealSleep(_Recorder):
-    """``time.sleep`` that also records each delay (capped, so a check cannot hang)."""
-
-    def __init__(self, cap: float) -> None:
-        super().__init__()
         self.cap = cap
 
-    def __call__(self, seconds: float) -> None:
-        super().__call__(seconds)
-        time.sleep(min(self.delays[-1], self.cap))
-
-
-def _as_delay(seconds: Any) -> float:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ExerciseFailed(f"with_backoff called sleep({seconds!r}); expected a number of seconds.\n"
-                             "Hint: error.response.headers['retry-after'] is a string: float() it.")
-    if math.isnan(seconds) or seconds < 0:
-        raise ExerciseFailed(f"with_backoff called sleep({seconds!r}); a delay must be >= 0 seconds.")
-    return float(seconds)
+    def __call__(self, seconds: Any) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise ExerciseFailed(f"with_backoff called sleep({seconds!r}); expected a number of seconds.\n"
+                                 "Hint: error.response.headers['retry-after'] is a string: float() it.")
+        if math.isnan(seconds) or seconds < 0:
+            raise ExerciseFailed(f"with_backoff called sleep({seconds!r}); a delay must be >= 0 seconds.")
+        self.delays.append(float(seconds))
+        if self.cap is not None:
+            time.sleep(min(float(seconds), self.cap))
 
 
 class _CountingRequest:
-    """Wraps a request: counts calls and successes, keeps every error the provider sent."""
+    """Wraps a request: counts calls and successes, keeps every error it raised."""
 
     def __init__(self, request: Callable[[], Any]) -> None:
-        self.request = request
-        self.calls = 0
-        self.successes = 0
+        self.request, self.calls, self.successes = request, 0, 0
         self.errors: list[openai.APIStatusError] = []
 
     def __call__(self) -> Any:
@@ -208,39 +178,27 @@ class _CountingRequest:
         return result
 
 
-def _run_backoff(with_backoff: Callable[..., Any], request: _CountingRequest, sleep: _Recorder,
-                 **kwargs: Any) -> tuple[Any, BaseException | None]:
-    """Call the learner's wrapper; return (result, the exception it let out or None)."""
+def _run_backoff(with_backoff: Callable[..., Any], request: Callable[[], Any], sleep: _Sleep,
+                 **kwargs: Any) -> tuple[_CountingRequest, Any, BaseException | None]:
+    """Call the learner's wrapper; return (the counted request, the result, the exception it let out or None)."""
+    counted = _CountingRequest(request)
     try:
-        return with_backoff(request, sleep=sleep, **kwargs), None
-    except NotImplementedError:
-        raise
-    except ExerciseFailed:
+        return counted, with_backoff(counted, sleep=sleep, **kwargs), None
+    except (NotImplementedError, ExerciseFailed):
         raise
     except Exception as exc:  # noqa: BLE001 - inspected by the caller
-        return None, exc
+        return counted, None, exc
 
 
 def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *,
                        rpm: int = BACKOFF_RPM) -> None:
-    """Check ``with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep)``
-    against the course provider's real 429 responses.
+    """Check ``with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep)`` on the provider's 429s.
 
-    ``provider`` is the notebook's running course provider (``api.provider``): the check
-    lowers its rate limit to ``rpm`` requests per minute per key and lifts it again at the
-    end. Without one (another API is in use), the check starts its own provider serving
-    TinyGPT, whatever model the notebook uses: a rate limit counts requests, not weights.
-    It uses up the limit, then checks that the wrapper returns a successful call's result
-    at once; retries a rate-limited request exactly ``max_retries`` times and then
-    re-raises the RateLimitError; before each retry waits exactly max(that 429's
-    ``retry-after``, ``base_delay * 2**attempt``) seconds (to 1e-6 s, once with a base delay
-    below retry-after and once above it, so that an exponent one too high, a sum instead of the
-    maximum or a linear growth each miss); re-raises other errors (a wrong key,
-    a prompt too long) at once; and, really waiting, gets through once the limit allows.
-    While the check runs, its ``sleep`` records the delays; only the last case really sleeps.
+    ``provider`` is the notebook's running course provider (its rate limit is set to ``rpm`` and lifted at
+    the end); without one the check starts its own, serving TinyGPT. The provider's real 429 is replayed with
+    the retry-afters of RETRY_AFTERS while the check's ``sleep`` only records; the last case really waits.
     """
-    # 0. a request that succeeds: returned at once, no sleep (also: not attempted yet?)
-    sleep = _Recorder()
+    sleep = _Sleep()
     result = call_learner(with_backoff, lambda: "the result", sleep=sleep, name="with_backoff",
                           hints={TypeError: "The check calls with_backoff(request, max_retries=..., "
                                             "base_delay=..., sleep=...): keep those keyword "
@@ -251,53 +209,50 @@ def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *
     if sleep.delays:
         fail(f"with_backoff slept {sleep.delays} before a request that had not failed.",
              "Only wait after a RateLimitError.")
-
     with contextlib.ExitStack() as stack:
         if provider is None:
             from glassbox.provider import start_provider
 
-            provider = stack.enter_context(start_provider("tinygpt", rpm=rpm))
-        else:
-            provider.set_limits(rpm=rpm)
-            stack.callback(provider.set_limits, rpm=None)
+            provider = stack.enter_context(start_provider("tinygpt"))
+        stack.callback(provider.set_limits, rpm=None)
         client = stack.enter_context(provider.client(max_retries=0))
         waits = _backoff_cases(with_backoff, provider, client, rpm)
-    passed(f"with_backoff: before each of 3 retries it waited max(retry-after, base_delay × 2^attempt) "
-           f"seconds (to the microsecond, with a base delay below and one above retry-after), "
-           f"stopped after max_retries and re-raised the 429, re-raised a 401 and a 400 at once, "
-           f"and got through the provider's real rate limit ({rpm} requests per minute) after "
-           f"{waits} wait(s).")
+    passed(f"with_backoff: before each of 3 retries it waited max(that 429's retry-after, base_delay × "
+           f"2^attempt) seconds (to the microsecond, for retry-afters of {RETRY_AFTERS[:3]} s, with a base "
+           f"delay below and one above them), stopped after max_retries and re-raised the 429, re-raised a "
+           f"401 and a 400 at once, and got through the provider's real rate limit ({rpm} requests per "
+           f"minute) after {waits} wait(s).")
 
 
-def _wait_variants(retry_afters: list[float], base_delay: float) -> list[tuple[list[float], str]]:
-    """The waits of the usual back-off mistakes, each with its hint."""
-    n = len(retry_afters)
-    return [
-        ([max(r, base_delay * 2 ** (i + 1)) for i, r in enumerate(retry_afters)],
-         "Your exponent is one too high: before the first retry (attempt 0) wait base_delay × 2^0 "
-         "= base_delay, then 2×, 4× it."),
-        ([r + base_delay * 2 ** i for i, r in enumerate(retry_afters)],
-         "You added retry-after and the back-off. Wait the larger of the two: "
-         "max(retry_after, base_delay * 2 ** attempt)."),
-        ([base_delay * 2 ** i for i in range(n)],
-         "You ignored retry-after: the server says how long to wait. Wait at least that long: "
-         "max(retry_after, base_delay * 2 ** attempt)."),
-        ([max(retry_afters[0], base_delay * 2 ** i) for i in range(n)],
-         "You read retry-after from the first 429 only: each 429 brings its own; read it from the "
-         "error you just caught."),
-        ([max(r, base_delay) for r in retry_afters],
-         "The wait must double after each failure (exponential backoff): base_delay × 2^attempt."),
-        ([max(r, base_delay * (i + 1)) for i, r in enumerate(retry_afters)],
-         "That wait grows linearly (base_delay × (attempt + 1)); exponential backoff doubles it: "
-         "base_delay × 2^attempt."),
-    ]
+def _waits(retry_afters: list[float], base: float, shift: int = 0, add: bool = False, header: str = "each",
+           growth: Callable[[int], float] = lambda i: 2 ** i) -> list[float]:
+    """The right waits, max(retry-after, base × 2^attempt) (defaults), or a mistake: one setting changed."""
+    read = {"each": retry_afters, "first": retry_afters[:1] * len(retry_afters), "none": [0.0] * len(retry_afters)}
+    return [r + base * growth(i + shift) if add else max(r, base * growth(i + shift))
+            for i, r in enumerate(read[header])]
+
+
+_WAIT_MISTAKES: list[tuple[dict[str, Any], str]] = [
+    (dict(shift=1), "Your exponent is one too high: before the first retry (attempt 0) wait base_delay × 2^0 "
+                    "= base_delay, then 2×, 4× it."),
+    (dict(add=True), "You added retry-after and the back-off. Wait the larger of the two: "
+                     "max(retry_after, base_delay * 2 ** attempt)."),
+    (dict(header="none"), "You ignored retry-after: the server says how long to wait. Wait at least that long: "
+                          "max(retry_after, base_delay * 2 ** attempt)."),
+    (dict(header="first"), "You read retry-after from the first 429 only: each 429 brings its own; read it "
+                           "from the error you just caught."),
+    (dict(growth=lambda i: 1), "The wait must double after each failure (exponential backoff): base_delay × "
+                               "2^attempt."),
+    (dict(growth=lambda i: i + 1), "That wait grows linearly (base_delay × (attempt + 1)); exponential backoff "
+                                   "doubles it: base_delay × 2^attempt."),
+]
 
 
 def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_delay: float,
                  case: str) -> None:
     """Each wait must be max(that 429's retry-after, base_delay * 2**attempt), to 1e-6 s."""
     retry_afters = [_retry_after(e) for e in errors][:len(delays)]
-    expected = [max(r, base_delay * 2 ** i) for i, r in enumerate(retry_afters)]
+    expected = _waits(retry_afters, base_delay)
 
     def same(got: list[float], want: list[float]) -> bool:
         return len(got) == len(want) and all(math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-6)
@@ -308,7 +263,8 @@ def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_
     head = (f"{case}, with_backoff waited {[round(d, 4) for d in delays]} s before its retries; the "
             f"429s said retry-after {[round(r, 4) for r in retry_afters]} s, so the waits should be "
             f"{[round(e, 4) for e in expected]} s.")
-    for waits, hint in _wait_variants(retry_afters, base_delay):
+    for setting, hint in _WAIT_MISTAKES:
+        waits = _waits(retry_afters, base_delay, **setting)
         if not same(waits, expected) and same(delays, waits):
             fail(head, hint)
     fail(head, "Before retry number attempt + 1 (attempt = 0, 1, 2, ...), wait exactly "
@@ -318,38 +274,54 @@ def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_
 
 def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: openai.OpenAI,
                    rpm: int) -> int:
-    """The cases of :func:`check_with_backoff` against a running, rate-limited provider."""
+    """The cases of :func:`check_with_backoff` against a running provider; returns the real waits."""
 
     def completion() -> Any:
         return client.completions.create(model=provider.model_name, prompt="The nurse",
                                           max_tokens=1, temperature=0)
 
-    def fake_sleep_case(**kwargs: Any) -> tuple[_CountingRequest, _Recorder, Any, BaseException | None]:
-        """Run the wrapper with a recording sleep while the limit is used up.
-
-        If the provider's allowance refilled during the case (a slow machine), so that a
-        request went through, the case is run again: that is the clock's doing, not the
-        learner's.
-        """
-        for _ in range(3):
-            _rate_limited(completion, tries=5 * rpm)
-            request, sleep = _CountingRequest(completion), _Recorder()
-            got, raised = _run_backoff(with_backoff, request, sleep, **kwargs)
-            if request.calls > 1 and not sleep.delays:
-                fail(f"with_backoff retried {request.calls - 1} time(s) without calling the sleep "
-                     "function it was given.",
-                     "Wait with the `sleep` argument (sleep(seconds)), not time.sleep directly: "
-                     "the caller (and this check) decides how waiting is done.")
-            if request.successes == 0:
-                return request, sleep, got, raised
-        raise RuntimeError("the provider's rate limit kept refilling during the check; run it again")
-
-    first = _rate_limited(completion, tries=5 * rpm)
-    if _retry_after(first) <= 0:
+    # 1. other errors are re-raised at once, without retrying (no rate limit yet: the too-long
+    # prompt really meets the context check, 400)
+    provider.set_limits(rpm=None)
+    with openai.OpenAI(base_url=provider.base_url, api_key="sk-not-a-real-key",
+                       max_retries=0) as wrong_key:
+        too_long = " village" * 4000
+        others = [
+            ("a wrong key (401)", openai.AuthenticationError,
+             lambda: wrong_key.completions.create(model=provider.model_name, prompt="The nurse",
+                                                  max_tokens=1)),
+            ("a prompt longer than the context (400)", openai.BadRequestError,
+             lambda: client.completions.create(model=provider.model_name, prompt=too_long,
+                                               max_tokens=1)),
+        ]
+        for label, error_type, call in others:
+            sleep = _Sleep()
+            request, _, raised = _run_backoff(with_backoff, call, sleep, max_retries=3, base_delay=0.001)
+            if not isinstance(raised, error_type) or request.calls != 1 or sleep.delays:
+                outcome = f"raised {type(raised).__name__}" if raised else "returned"
+                fail(f"For {label}, with_backoff called the request {request.calls} time(s), "
+                     f"slept {len(sleep.delays)} time(s) and then {outcome}; expected one call, "
+                     f"no sleep, and the {error_type.__name__} raised as it is.",
+                     "Catch only openai.RateLimitError. Retrying a wrong key or a too-long prompt "
+                     "cannot succeed, and a bare `except:` hides the real problem.")
+    provider.set_limits(rpm=rpm)
+    real = _rate_limited(completion, tries=5 * rpm)
+    if _retry_after(real) <= 0:
         raise RuntimeError("the provider's 429 has no retry-after header")
 
-    # 1. at most max_retries retries, then the RateLimitError itself is re-raised
-    request, sleep, got, raised = fake_sleep_case(max_retries=3, base_delay=0.001)
+    def replayed(base_delay: float) -> tuple[_CountingRequest, _Sleep, Any, BaseException | None]:
+        sleep = _Sleep()
+        request, got, raised = _run_backoff(with_backoff, _replaying(real), sleep, max_retries=3,
+                                            base_delay=base_delay)
+        if request.calls > 1 and not sleep.delays:
+            fail(f"with_backoff retried {request.calls - 1} time(s) without calling the sleep "
+                 "function it was given.",
+                 "Wait with the `sleep` argument (sleep(seconds)), not time.sleep directly: "
+                 "the caller (and this check) decides how waiting is done.")
+        return request, sleep, got, raised
+
+    # 2. at most max_retries retries, then the RateLimitError itself is re-raised
+    request, sleep, got, raised = replayed(base_delay=0.001)
     if raised is None:
         fail(f"with_backoff returned {got!r:.60} after {request.calls} rate-limited calls "
              "(the limit had not reset: the check's sleep does not wait).",
@@ -365,49 +337,21 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
     if len(sleep.delays) != 3:
         fail(f"with_backoff slept {len(sleep.delays)} times for 3 retries; expected 3 "
              "(once before each retry, not after the last failure).")
-    # 2. with a tiny base delay, every wait is that 429's own retry-after (max wins)
+    # 3. with a tiny base delay, every wait is that 429's own retry-after (max wins); with a base delay
+    # 10 x larger than every retry-after, the waits are base_delay * 2**attempt
     _check_waits(sleep.delays, request.errors, base_delay=0.001,
                  case="With base_delay=0.001 s (smaller than every retry-after)")
-    # 3. with a base delay 10 x larger than retry-after, the waits are base_delay * 2**attempt
-    base = 10 * max(_retry_after(e) for e in request.errors) + 1.0
-    request, sleep, _, raised = fake_sleep_case(max_retries=3, base_delay=base)
+    base = 10 * max(RETRY_AFTERS) + 1.0
+    request, sleep, _, _ = replayed(base_delay=base)
     if len(sleep.delays) != 3:
         fail(f"with_backoff slept {len(sleep.delays)} times for max_retries=3; expected 3.")
     _check_waits(sleep.delays, request.errors, base_delay=base,
                  case=f"With base_delay={base:g} s (larger than every retry-after)")
 
-    # 4. other errors are re-raised at once, without retrying. The key is rate-limited after the
-    # cases above, and a rate-limited key gets 429 before its prompt is read: wait until it can
-    # send two requests again, so that the too-long prompt really meets the context check (400).
-    exhausted = _rate_limited(completion, tries=5 * rpm)
-    time.sleep(_retry_after(exhausted) + 60.0 / rpm + 0.5)
-    with openai.OpenAI(base_url=provider.base_url, api_key="sk-not-a-real-key",
-                       max_retries=0) as wrong_key:
-        too_long = " village" * 4000
-        others = [
-            ("a wrong key (401)", openai.AuthenticationError,
-             lambda: wrong_key.completions.create(model=provider.model_name, prompt="The nurse",
-                                                  max_tokens=1)),
-            ("a prompt longer than the context (400)", openai.BadRequestError,
-             lambda: client.completions.create(model=provider.model_name, prompt=too_long,
-                                               max_tokens=1)),
-        ]
-        for label, error_type, call in others:
-            request, sleep = _CountingRequest(call), _Recorder()
-            _, raised = _run_backoff(with_backoff, request, sleep, max_retries=3, base_delay=0.001)
-            if not isinstance(raised, error_type) or request.calls != 1 or sleep.delays:
-                outcome = f"raised {type(raised).__name__}" if raised else "returned"
-                fail(f"For {label}, with_backoff called the request {request.calls} time(s), "
-                     f"slept {len(sleep.delays)} time(s) and then {outcome}; expected one call, "
-                     f"no sleep, and the {error_type.__name__} raised as it is.",
-                     "Catch only openai.RateLimitError. Retrying a wrong key or a too-long prompt "
-                     "cannot succeed, and a bare `except:` hides the real problem.")
-
-    # 5. really waiting, a rate-limited call goes through
+    # 4. really waiting, a rate-limited call goes through
     _rate_limited(completion, tries=5 * rpm)
-    request = _CountingRequest(completion)
-    sleep = _RealSleep(cap=_retry_after(first) + 5.0)
-    got, raised = _run_backoff(with_backoff, request, sleep, max_retries=4, base_delay=0.05)
+    sleep = _Sleep(cap=_retry_after(real) + 5.0)
+    request, got, raised = _run_backoff(with_backoff, completion, sleep, max_retries=4, base_delay=0.05)
     if raised is not None:
         fail(f"Really waiting, with_backoff raised {type(raised).__name__} after {request.calls} "
              f"calls and waits of {[round(d, 2) for d in sleep.delays]} s: {raised}",
@@ -423,27 +367,17 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
 def reference_weights_changed(before: Mapping[str, float], after: Mapping[str, float],
                               tol: float = 1e-3) -> bool:
     """True if the top-k tokens differ or a shared token's logprob moved by more than ``tol``."""
-    if set(before) != set(after):
-        return True
-    return any(abs(before[t] - after[t]) > tol for t in before)
+    return set(before) != set(after) or any(abs(before[t] - after[t]) > tol for t in before)
 
 
 def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[str, float],
                           repeat: Mapping[str, float] | None = None,
                           after: Mapping[str, float] | None = None) -> None:
-    """Check ``weights_changed(before, after, tol=1e-3) -> bool`` on top-k logprob dicts.
-
-    ``before`` and ``repeat`` are the same request sent twice to the same weights;
-    ``after`` (optional) is the same request after the operator swapped the weights. The
-    check adds made-up variations of ``before``: the same values in another order, a
-    change below the tolerance, changes above it up and down, a token replaced, a token
-    dropped, and a custom ``tol``.
-    """
+    """Check ``weights_changed(before, after, tol=1e-3) -> bool`` on the learner's and made-up top-k dicts."""
     check_type(before, Mapping, "before (the top-k logprobs the notebook passed)")
     if len(before) < 2:
         fail("The check needs at least 2 top-k logprobs in `before`; ask the API for logprobs=5.")
-    tokens = list(before)
-    last = tokens[-1]
+    tokens, last = list(before), list(before)[-1]
 
     def moved(delta: float) -> dict[str, float]:
         return {t: before[t] + (delta if t == last else 0.0) for t in tokens}
@@ -500,11 +434,8 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
                                             "compare the sets of tokens before looking up values.",
                                   TypeError: "The check calls weights_changed(before, after, "
                                              "tol=...): keep the tol argument."})
-        if hasattr(got, "item") and not isinstance(got, bool):
-            got = got.item()
-        if not isinstance(got, bool):
-            check_type(got, bool, f"weights_changed for {label}",
-                       hint="Return True or False (a comparison gives a bool).")
+        got = got.item() if hasattr(got, "item") and not isinstance(got, bool) else got
+        check_type(got, bool, f"weights_changed for {label}", hint="Return True or False (a comparison gives a bool).")
         if got != expected:
             fail(f"weights_changed returned {got} for {label}; expected {expected}.", hint)
     swap_text = " (the operator's swap in your `after` included)" if swap else ""
@@ -516,12 +447,6 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
 
 # --------------------------------------------------------------------------- exercise 4
 
-@torch.no_grad()
-def _log_probs(model: Any, ids: list[int], position: int = -1) -> torch.Tensor:
-    logits = model(input_ids=torch.tensor([ids])).logits[0, position].float()
-    return torch.log_softmax(logits, dim=-1)
-
-
 def _token_id(tokenizer: Any, token: str) -> int:
     ids = tokenizer(token)["input_ids"]
     if len(ids) != 1:
@@ -529,31 +454,60 @@ def _token_id(tokenizer: Any, token: str) -> int:
     return ids[0]
 
 
+@torch.no_grad()
+def _logprobs(model: Any, tokenizer: Any, ids: list[int], tokens: Sequence[str], *, kind: str = "log_softmax",
+              position: int = -1, eot: bool = False, over_listed: bool = False) -> dict[str, float]:
+    """Each token's log-probability after ``ids`` (defaults), or a mistake: one setting changed."""
+    token_ids = [_token_id(tokenizer, t) for t in tokens]
+    if eot and tokenizer.eos_token_id is None:
+        raise ValueError("no <|endoftext|> token")
+    logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id, *ids] if eot else ids])).logits[0, position]
+    if over_listed:
+        logits, token_ids = logits[token_ids], list(range(len(tokens)))
+    logits = logits.float()
+    values = {"log_softmax": logits.log_softmax(-1), "softmax": logits.softmax(-1), "logits": logits,
+              "log2": logits.log_softmax(-1) / math.log(2)}[kind]
+    return {t: float(values[i]) for t, i in zip(tokens, token_ids)}
+
+
 def reference_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int],
                        tokens: Sequence[str]) -> dict[str, float]:
     """The open model's exact log-probability of each token coming next after ``prompt_ids``."""
-    logprobs = _log_probs(model, prompt_ids)
-    return {t: float(logprobs[_token_id(tokenizer, t)]) for t in tokens}
+    return _logprobs(model, tokenizer, prompt_ids, tokens)
+
+
+_LOGPROB_MISTAKES: list[tuple[dict[str, Any], str]] = [
+    (dict(kind="softmax"), "Those are probabilities. The API returns log-probabilities: use log_softmax "
+                           "(or torch.log of the softmax)."),
+    (dict(kind="logits"), "Those are raw logits. A log-probability is normalised over the whole vocabulary: "
+                          "log_softmax(logits, dim=-1)."),
+    (dict(over_listed=True), "You normalised over the listed tokens only. The API's logprobs are normalised "
+                             "over the whole vocabulary: log_softmax over all logits first, then pick the tokens."),
+    (dict(kind="log2"), "Those are log base 2. The API uses natural logarithms (log_softmax)."),
+    (dict(position=0), "Off by one position: the next token's distribution is at the LAST position, "
+                       "logits[0, -1]."),
+    (dict(eot=True), "The provider feeds the model exactly the prompt's tokens and adds nothing before them: "
+                     "no <|endoftext|>."),
+]
+
+
+def _roundtrip(tokenizer: Any, ranked: list[int], start: int, count: int) -> list[int]:
+    """The first ``count`` ids from ``ranked[start:]`` whose text encodes back to the same id."""
+    return list(itertools.islice((i for i in ranked[start:] if tokenizer(tokenizer.decode([i]))["input_ids"] == [i]),
+                                 count))
 
 
 def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: Any, tokenizer: Any,
                               prompt: str, api_top: Mapping[str, float]) -> None:
-    """Check ``open_model_logprobs(model, tokenizer, prompt, tokens) -> dict[str, float]``.
-
-    The model reads exactly the prompt's tokens, as the course's provider does (it adds
-    nothing before them). Checked for the API's prompt and top-k tokens (those that are
-    one token of this tokenizer), and for a second prompt with the model's own top 3 plus
-    a token of low probability (which catches renormalising over the listed tokens only).
-    Reports how far the API's numbers are from the learner's, without failing on it:
-    that gap is the provider's business, not the learner's.
-    """
+    """Check ``open_model_logprobs(model, tokenizer, prompt, tokens) -> dict[str, float]`` on two prompts."""
     tokens = [t for t in api_top if len(tokenizer(t)["input_ids"]) == 1]
     if not tokens:
         fail("None of the API's top tokens is a single token of this tokenizer: the check has "
              "nothing to compare. Ask for logprobs=5 on the notebook's prompt.")
     second_prompt = "It was a sunny day in the village. The"
-    second_ids = tokenizer(second_prompt)["input_ids"]
-    ranked = torch.argsort(_log_probs(model, second_ids), descending=True).tolist()
+    with torch.no_grad():
+        last = model(input_ids=torch.tensor([tokenizer(second_prompt)["input_ids"]])).logits[0, -1]
+    ranked = torch.argsort(last, descending=True).tolist()
     second_tokens = [tokenizer.decode([i]) for i in
                      _roundtrip(tokenizer, ranked, 0, 3) + _roundtrip(tokenizer, ranked, 1000, 1)]
     results: dict[str, float] = {}
@@ -561,7 +515,7 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
                                             (f"the prompt {second_prompt!r}", second_prompt,
                                              second_tokens)):
         ids = tokenizer(case_prompt)["input_ids"]
-        expected = reference_logprobs(model, tokenizer, ids, case_tokens)
+        expected = _logprobs(model, tokenizer, ids, case_tokens)
         got = call_learner(open_model_logprobs, model, tokenizer, case_prompt, list(case_tokens),
                            name="open_model_logprobs", model=model,
                            hints={KeyError: "The check also asks about a second prompt and tokens the "
@@ -579,61 +533,20 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
                                hint="Index the log-probabilities with one token id, then call .item().")
                   for t in case_tokens}
         if all(math.isclose(values[t], expected[t], abs_tol=1e-4) for t in case_tokens):
-            if label == "the API's prompt":
-                results = values
+            results = results or values
             continue
-        _explain_logprobs(values, expected, model, tokenizer, ids, case_tokens, label)
+        for setting, hint in _LOGPROB_MISTAKES:
+            try:
+                variant = _logprobs(model, tokenizer, ids, case_tokens, **setting)
+            except (RuntimeError, ValueError, IndexError):
+                continue
+            if all(math.isclose(values[t], variant[t], rel_tol=1e-4, abs_tol=1e-4) for t in case_tokens):
+                fail(f"open_model_logprobs for {label} does not match the model's log-probabilities.", hint)
+        worst = max(case_tokens, key=lambda t: abs(values[t] - expected[t]))
+        fail(f"open_model_logprobs for {label}: for {worst!r} you gave {values[worst]:.5f}, the open "
+             f"model gives {expected[worst]:.5f}.",
+             "log_softmax(model(input_ids=...).logits[0, -1], dim=-1)[token id], for each token.")
     gap = max(abs(results[t] - api_top[t]) for t in tokens)
     passed(f"open_model_logprobs: the open model's exact log-probabilities for {len(tokens)} tokens "
            f"of the API's top {len(api_top)} and for a second prompt. Largest gap between your "
            f"numbers and the API's: {gap:.1e}.")
-
-
-def _roundtrip(tokenizer: Any, ranked: list[int], start: int, count: int) -> list[int]:
-    """The first ``count`` ids from ``ranked[start:]`` whose text encodes back to the same id."""
-    found: list[int] = []
-    for i in ranked[start:]:
-        if tokenizer(tokenizer.decode([i]))["input_ids"] == [i]:
-            found.append(i)
-            if len(found) == count:
-                break
-    return found
-
-
-def _explain_logprobs(values: dict[str, float], expected: dict[str, float], model: Any,
-                      tokenizer: Any, ids: list[int], tokens: Sequence[str], label: str) -> None:
-    token_ids = [_token_id(tokenizer, t) for t in tokens]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-        first_position = _log_probs(model, ids, position=0) if len(ids) > 1 else None
-    variants: list[tuple[dict[str, float], str]] = [
-        ({t: math.exp(expected[t]) for t in tokens},
-         "Those are probabilities. The API returns log-probabilities: use log_softmax "
-         "(or torch.log of the softmax)."),
-        ({t: float(logits[i]) for t, i in zip(tokens, token_ids)},
-         "Those are raw logits. A log-probability is normalised over the whole vocabulary: "
-         "log_softmax(logits, dim=-1)."),
-        ({t: float(torch.log_softmax(logits[token_ids], dim=-1)[j]) for j, t in enumerate(tokens)},
-         "You normalised over the listed tokens only. The API's logprobs are normalised over "
-         "the whole vocabulary: log_softmax over all logits first, then pick the tokens."),
-        ({t: expected[t] / math.log(2) for t in tokens},
-         "Those are log base 2. The API uses natural logarithms (log_softmax)."),
-    ]
-    if first_position is not None:
-        variants.append(({t: float(first_position[i]) for t, i in zip(tokens, token_ids)},
-                         "Off by one position: the next token's distribution is at the LAST "
-                         "position, logits[0, -1]."))
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None:
-        prefixed = _log_probs(model, [eos, *ids])
-        variants.append(({t: float(prefixed[i]) for t, i in zip(tokens, token_ids)},
-                         "The provider feeds the model exactly the prompt's tokens and adds "
-                         "nothing before them: no <|endoftext|>."))
-    for variant, hint in variants:
-        if all(math.isclose(values[t], variant[t], rel_tol=1e-4, abs_tol=1e-4) for t in tokens):
-            fail(f"open_model_logprobs for {label} does not match the model's log-probabilities.",
-                 hint)
-    worst = max(tokens, key=lambda t: abs(values[t] - expected[t]))
-    fail(f"open_model_logprobs for {label}: for {worst!r} you gave {values[worst]:.5f}, the open "
-         f"model gives {expected[worst]:.5f}.",
-         "log_softmax(model(input_ids=...).logits[0, -1], dim=-1)[token id], for each token.")

@@ -218,9 +218,24 @@ def _backoff(wait):
 backoff_ok = _backoff(lambda retry_after, base_delay, attempt: max(retry_after, base_delay * 2 ** attempt))
 
 
-def test_backoff_accepts_right_answer_on_its_own_provider(capsys) -> None:
-    check_with_backoff(backoff_ok)  # starts (and stops) its own rate-limited provider
+def test_backoff_accepts_right_answer_on_its_own_provider(provider, monkeypatch, capsys) -> None:
+    """Without a provider the check starts its own (here: the module's, handed out by a stand-in
+    start_provider, so the test starts no second process) and lifts its limit at the end."""
+    import contextlib
+
+    import glassbox.provider
+
+    started = []
+
+    @contextlib.contextmanager
+    def start_provider(*args, **kwargs):
+        started.append(args)
+        yield provider
+
+    monkeypatch.setattr(glassbox.provider, "start_provider", start_provider)
+    check_with_backoff(backoff_ok)
     out = capsys.readouterr().out
+    assert started == [("tinygpt",)]
     assert out.startswith("✓") and "real rate limit" in out
 
 
@@ -422,16 +437,59 @@ def test_backoff_catalogue(provider, wait, hint) -> None:
 
 
 def test_backoff_wait_mistakes_are_outside_the_tolerance() -> None:
-    """On the check's inputs (retry-after of whole seconds, base delays of 0.001 s and 10 x retry-after
-    + 1 s), every named waiting mistake misses the right waits by far more than the 1e-6 s allowed."""
-    from glassbox.exercise_checks import black_box_api
+    """On the check's inputs (the replayed retry-afters, base delays of 0.001 s and 10 x retry-after
+    + 1 s), every named waiting mistake misses the right waits by far more than the 1e-6 s allowed,
+    or gives them exactly, and each misses on at least one of the two."""
+    from glassbox.exercise_checks.black_box_api import RETRY_AFTERS, _WAIT_MISTAKES, _waits
 
-    for retry_afters in ([1.0, 1.0, 1.0], [3.0, 2.0, 1.0]):
-        for base in (0.001, 10 * max(retry_afters) + 1.0):
+    retry_afters = list(RETRY_AFTERS[:3])
+    for setting, hint in _WAIT_MISTAKES:
+        gaps = []
+        for base in (0.001, 10 * max(RETRY_AFTERS) + 1.0):
             right = [max(r, base * 2 ** i) for i, r in enumerate(retry_afters)]
-            for waits, hint in black_box_api._wait_variants(retry_afters, base):
-                gap = max(abs(w - r) for w, r in zip(waits, right))
-                assert gap == 0 or gap >= 1e-3, (hint, gap)
+            gaps.append(max(abs(w - r) for w, r in zip(_waits(retry_afters, base, **setting), right)))
+        assert all(gap == 0 or gap >= 1e-3 for gap in gaps) and max(gaps) >= 1e-3, (hint, gaps)
+
+
+def first_retry_after_only(request, max_retries=4, base_delay=0.5, sleep=time.sleep):
+    """Reads retry-after from the first 429 and keeps it: passed while every 429 said 3 s."""
+    first = None
+    for attempt in range(max_retries + 1):
+        try:
+            return request()
+        except openai.RateLimitError as error:
+            if attempt == max_retries:
+                raise
+            first = float(error.response.headers["retry-after"]) if first is None else first
+            sleep(max(first, base_delay * 2 ** attempt))
+
+
+def test_backoff_reading_only_the_first_retry_after_is_rejected(provider) -> None:
+    fails_with(check_with_backoff, first_retry_after_only, provider, match="first 429 only")
+
+
+def test_backoff_replayed_429s_are_the_providers_own_with_other_retry_afters(provider) -> None:
+    """The replayed 429s keep the provider's body and headers; only retry-after (and -ms) change."""
+    from glassbox.exercise_checks.black_box_api import RETRY_AFTERS, _rate_limited, _replaying
+
+    provider.set_limits(rpm=1)
+    try:
+        with provider.client(max_retries=0) as client:
+            real = _rate_limited(lambda: client.completions.create(
+                model=provider.model_name, prompt="The nurse", max_tokens=1), tries=5)
+    finally:
+        provider.set_limits(rpm=None)
+    request = _replaying(real)
+    seen = []
+    for _ in RETRY_AFTERS:
+        with pytest.raises(openai.RateLimitError) as info:
+            request()
+        headers = info.value.response.headers
+        seen.append(float(headers["retry-after"]))
+        assert float(headers["retry-after-ms"]) == 1000 * seen[-1]
+        assert headers["x-ratelimit-limit-requests"] == real.response.headers["x-ratelimit-limit-requests"]
+        assert info.value.body == real.body and info.value.status_code == 429
+    assert seen == list(RETRY_AFTERS) and len(set(seen)) > 1
 
 
 def test_open_model_logprobs_that_copies_the_apis_numbers(tinygpt, api_top) -> None:
