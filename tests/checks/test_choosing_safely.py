@@ -209,8 +209,38 @@ def test_sha_accepts_right_answer(capsys) -> None:
     passes(check_sha256_of_file, sha_ok, capsys=capsys)
 
 
-def test_sha_accepts_reading_all_at_once(capsys) -> None:
-    passes(check_sha256_of_file, lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest(), capsys=capsys)
+def test_sha_accepts_other_chunk_sizes_and_file_digest(capsys) -> None:
+    def in_4_mib_chunks(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(4 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def with_file_digest(path):
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    passes(check_sha256_of_file, in_4_mib_chunks, capsys=capsys)
+    passes(check_sha256_of_file, with_file_digest, capsys=capsys)
+
+
+def read_with_its_size(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(Path(path).stat().st_size)).hexdigest()
+
+
+@pytest.mark.parametrize("wrong, asked", [
+    (lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest(), "asked for everything"),
+    (lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest(), "asked for everything"),
+    (lambda p: hashlib.sha256(open(p, "rb").read(1 << 30)).hexdigest(), "asked for 1,073,741,824 bytes"),
+    (read_with_its_size, "asked for 3,000,000 bytes"),
+])
+def test_sha_reading_the_whole_file_at_once_is_rejected(wrong, asked) -> None:
+    """The exercise asks for chunks; these hashes are right, but each read the 3 MB file in one piece
+    (they all passed before the check watched how the file is read)."""
+    message = fails_with(check_sha256_of_file, wrong, match="in one read")
+    assert asked in message and "5 GB" in message
 
 
 def first_chunk_only(path):
@@ -245,6 +275,24 @@ def test_sha_known_mistakes(wrong, hint) -> None:
 # ----------------------------------------------------------------- find_globals
 
 def globals_ok(data):
+    found, strings, memo = set(), [], {}
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == "GLOBAL":
+            module, name = arg.split(" ", 1)
+            found.add(f"{module}.{name}")
+        elif opcode.name == "STACK_GLOBAL":
+            found.add(f"{strings[-2]}.{strings[-1]}")
+        elif isinstance(arg, str):
+            strings.append(arg)
+        elif opcode.name == "MEMOIZE":
+            memo[len(memo)] = strings[-1] if strings else None
+        elif opcode.name in ("BINGET", "LONG_BINGET"):
+            strings.append(memo.get(arg))
+    return found
+
+
+def memo_unaware(data):
+    """The course's own solution until issue 16: right unless a string comes back from the memo."""
     found, strings = set(), []
     for opcode, arg, _ in pickletools.genops(data):
         if opcode.name == "GLOBAL":
@@ -255,6 +303,10 @@ def globals_ok(data):
         elif isinstance(arg, str):
             strings.append(arg)
     return found
+
+
+def test_find_globals_that_ignores_the_memo_is_rejected() -> None:
+    fails_with(check_find_globals, memo_unaware, match="did not follow the memo")
 
 
 def test_find_globals_accepts_right_answer(capsys) -> None:
