@@ -1,18 +1,9 @@
 """Checks for chapter 02, "Anatomy of GPT-2".
 
-Each ``check_*`` function takes the learner's function (and the loaded model or a
-file), calls it, and compares the result with a reference computed from the model
-or the file itself: never a number typed in here. GPT-2 small's reference count
-comes from building ``GPT2LMHeadModel(GPT2Config())`` on the meta device, which
-allocates no memory.
-
-Known mistakes (an untied head, forgotten position embeddings, biases, LayerNorms...)
-are computed from the same config with one piece changed, so their hints fire for
-whichever model is loaded.
-
-Exercise 6 counts a Llama-style model (grouped-query attention, SwiGLU, RMSNorm) from a
-published config in ``data/model_configs.csv``; its reference is the model ``transformers``
-builds from the same config on the meta device.
+References come from the model or the file itself: parameter counts from the model
+``transformers`` builds on the meta device (no memory), never a typed-in number. Each usual
+mistake is ``_formula`` (or ``_llama_formula``, for a Llama-style config from
+``data/model_configs.csv``) with one setting changed, so its hint fires for any model.
 """
 
 from __future__ import annotations
@@ -31,20 +22,12 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes, Refused, call_learner, check_number, check_tensor, check_type, fail, mistakes_from,
-    passed, refusing, second_gpt2, unpack)
+    Mistakes, Refused, call_learner, check_number, check_tensor, check_type, data_rows, fail,
+    mistakes_from, passed, refusing, second_gpt2, unpack)
 
-__all__ = [
-    "check_conv1d_to_linear",
-    "check_count_llama_parameters",
-    "check_count_parameters",
-    "check_model_size_mb",
-    "check_read_safetensors_header",
-    "check_split_qkv",
-    "llama_config",
-    "reference_llama_count",
-    "reference_parameter_count",
-]
+__all__ = ["check_conv1d_to_linear", "check_count_llama_parameters", "check_count_parameters",
+           "check_model_size_mb", "check_read_safetensors_header", "check_split_qkv",
+           "llama_config", "reference_llama_count", "reference_parameter_count"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -54,23 +37,20 @@ def _unique_parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@lru_cache(maxsize=8)
-def _meta_count(config_json: str) -> int:
-    from transformers import GPT2Config, GPT2LMHeadModel
+@lru_cache(maxsize=16)
+def _meta_count(family: str, config_json: str) -> int:
+    """Parameters of the model transformers builds from a config on the meta device (no memory)."""
+    import transformers
 
-    config = GPT2Config.from_dict(json.loads(config_json))
+    names = {"GPT2": ("GPT2Config", "GPT2LMHeadModel"), "Llama": ("LlamaConfig", "LlamaForCausalLM")}
+    config_class, model_class = (getattr(transformers, name) for name in names[family])
     with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-    return _unique_parameter_count(model)
+        return _unique_parameter_count(model_class(config_class.from_dict(json.loads(config_json))))
 
 
 def reference_parameter_count(config: Any) -> int:
-    """Parameter count of ``GPT2LMHeadModel(config)``, by building it on the meta device.
-
-    The meta device records shapes without allocating memory, so even GPT-2 XL is
-    counted in a second or two without using RAM.
-    """
-    return _meta_count(json.dumps(config.to_dict(), sort_keys=True, default=str))
+    """Parameter count of ``GPT2LMHeadModel(config)``, by building it on the meta device."""
+    return _meta_count("GPT2", json.dumps(config.to_dict(), sort_keys=True, default=str))
 
 
 def _formula(config: Any, *, tied: bool | None = None, wte: bool = True, wpe: bool = True,
@@ -155,11 +135,8 @@ def _no_model_built(family: str) -> Any:
 # --------------------------------------------------------------------------- exercise 1
 
 def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Module) -> None:
-    """Check ``count_parameters(config) -> int`` on GPT-2 small, the loaded model and a
-    config that sets ``n_inner``.
-
-    References: GPT-2 small built on the meta device, the loaded model's own
-    parameters, and a small custom model built on the meta device.
+    """Check ``count_parameters(config) -> int`` on GPT-2 small, the loaded model and a config that
+    sets ``n_inner``.
     """
     from transformers import GPT2Config
 
@@ -195,11 +172,7 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
 
 def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
                            model: nn.Module) -> None:
-    """Check ``conv1d_to_linear(conv) -> nn.Linear`` on a rectangular and a square layer.
-
-    The returned layer must compute exactly what the Conv1D computes, and the Conv1D
-    must be left untouched.
-    """
+    """Check ``conv1d_to_linear(conv) -> nn.Linear`` on a rectangular and a square layer."""
     block = model.transformer.h[0]
     layers = [("mlp.c_fc of block 0", block.mlp.c_fc),
               ("attn.c_proj of block 0", block.attn.c_proj)]
@@ -281,11 +254,7 @@ def _check_split(split_qkv: Callable[..., Any], attn: nn.Module, n_head: int, wh
 
 
 def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
-    """Check ``split_qkv(c_attn, x, n_head) -> (q, k, v)``, each (n_head, seq, d_head).
-
-    The reference runs the block's own ``c_attn`` module on a fixed random input, for the
-    loaded model's block 0 and for block 0 of a second, random GPT-2 with other head sizes.
-    """
+    """Check ``split_qkv(c_attn, x, n_head) -> (q, k, v)``, each (n_head, seq, d_head)."""
     n_head = model.config.n_head
     d_head = model.config.n_embd // n_head
     _check_split(split_qkv, model.transformer.h[0].attn, n_head, "block 0")
@@ -323,38 +292,21 @@ def _reference_header(path: Path) -> dict[str, Any]:
 
 
 class _CountingReader:
-    """A file object that counts the bytes it hands out (for the header exercise).
-
-    Wraps what ``open`` returned for the file under test; every way of reading
-    (``read``, ``read1``, ``readinto``, ``readline``, ``readlines``, iteration) adds to
-    ``counter["bytes"]``. Everything else is passed through to the real file.
-    """
+    """The file object ``open`` returned, counting the bytes its reads hand out."""
 
     def __init__(self, handle: Any, counter: dict[str, int]) -> None:
-        self._handle = handle
-        self._counter = counter
+        self._handle, self._counter = handle, counter
 
     def _count(self, data: Any) -> Any:
-        if isinstance(data, (bytes, bytearray, str)):
-            self._counter["bytes"] += len(data)
+        size = data if isinstance(data, int) else sum(map(len, data)) if isinstance(data, list) \
+            else len(data) if isinstance(data, (bytes, bytearray, str)) else 0  # readinto: an int
+        self._counter["bytes"] += size or 0
         return data
 
-    def read(self, *args: Any) -> Any:
-        return self._count(self._handle.read(*args))
-
-    def read1(self, *args: Any) -> Any:
-        return self._count(self._handle.read1(*args))
-
-    def readline(self, *args: Any) -> Any:
-        return self._count(self._handle.readline(*args))
-
-    def readlines(self, *args: Any) -> list[Any]:
-        return [self._count(line) for line in self._handle.readlines(*args)]
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._handle.readinto(buffer)
-        self._counter["bytes"] += n or 0
-        return n
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._handle, name)
+        reads = ("read", "read1", "readline", "readlines", "readinto", "readinto1")
+        return (lambda *args: self._count(attr(*args))) if name in reads else attr
 
     def __iter__(self) -> _CountingReader:
         return self
@@ -369,44 +321,29 @@ class _CountingReader:
     def __exit__(self, *exc: Any) -> Any:
         return self._handle.__exit__(*exc)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._handle, name)
-
 
 @contextlib.contextmanager
 def _count_bytes_read(path: Path) -> Iterator[dict[str, int]]:
-    """Count the bytes Python code reads from ``path`` through ``open`` (and ``Path.open``).
-
-    ``builtins.open`` and ``io.open`` are wrapped for the duration of the block only; files
-    other than ``path`` are opened exactly as usual. Readers that bypass Python's ``open``
-    (the safetensors library, ``mmap``) are not counted: the header-only copy catches those.
-    """
+    """Count the bytes read from ``path`` through Python's ``open`` (safetensors, mmap bypass it)."""
     import builtins
     import io
 
-    target = path.resolve()
+    target, original = path.resolve(), builtins.open
     counter = {"bytes": 0, "opens": 0}
-    original = builtins.open
 
     def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
         handle = original(file, *args, **kwargs)
-        try:
-            same = isinstance(file, (str, bytes, os.PathLike)) and \
-                Path(os.fsdecode(file)).resolve() == target
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            return handle
-        counter["opens"] += 1
-        return _CountingReader(handle, counter)
+        with contextlib.suppress(OSError, ValueError):
+            if isinstance(file, (str, bytes, os.PathLike)) and Path(os.fsdecode(file)).resolve() == target:
+                counter["opens"] += 1
+                return _CountingReader(handle, counter)
+        return handle
 
-    builtins.open = counting_open
-    io.open = counting_open
+    builtins.open = io.open = counting_open
     try:
         yield counter
     finally:
-        builtins.open = original
-        io.open = original
+        builtins.open = io.open = original
 
 
 _HEADER_ONLY_HINT = ("Read the file with open, struct and json only: 8 bytes for the length, then "
@@ -417,12 +354,7 @@ _HEADER_ONLY_HINT = ("Read the file with open, struct and json only: 8 bytes for
 
 def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
                                   path: str | Path) -> None:
-    """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``.
-
-    Three runs: on the file itself (the header must come back exactly, and Python's
-    ``open`` must hand out no byte past the header), then on a copy cut off right after
-    the header, which holds no tensor data at all: only a header-only reader survives it.
-    """
+    """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``."""
     path = Path(path)
     expected = _reference_header(path)
     with open(path, "rb") as f:
@@ -540,13 +472,7 @@ def _check_size(model_size_mb: Callable[[nn.Module, torch.dtype], float], model:
 
 def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float],
                         model: nn.Module) -> None:
-    """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes.
-
-    Runs on the loaded model and on a second, random GPT-2 of another size. The reference
-    counts each distinct parameter tensor once (tied weights once) and takes bytes per
-    element from the dtype itself. The model must come back as it was (weights, dtype,
-    gradients, mode): the function measures, it does not convert.
-    """
+    """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes."""
     n_params = _check_size(model_size_mb, model, "model")
     _check_size(model_size_mb, second_gpt2(model), "a second model")
     passed(f"model_size_mb: {n_params * 4 / 1e6:,.1f} MB in float32, "
@@ -572,19 +498,9 @@ def llama_config(row: dict[str, str]) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=16)
-def _llama_meta_count(items: tuple[tuple[str, Any], ...]) -> int:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(**dict(items)))
-    return sum(p.numel() for p in model.parameters())
-
-
 def reference_llama_count(config: dict[str, Any]) -> int:
-    """Parameters of ``LlamaForCausalLM(LlamaConfig(**config))``, built on the meta device (no memory)."""
-    return _llama_meta_count(tuple(sorted(config.items())))
+    """Parameters of ``LlamaForCausalLM(LlamaConfig(**config))``, built on the meta device."""
+    return _meta_count("Llama", json.dumps(config, sort_keys=True))
 
 
 def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_heads: int | None = None,
@@ -639,7 +555,7 @@ def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
 
 
 def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
-    rows = {row["model"]: row for row in _config_rows()}
+    rows = {row["model"]: row for row in data_rows("model_configs.csv")}
     return [
         ("Llama 3 8B (data/model_configs.csv)", llama_config(rows["Llama 3 8B"])),
         ("Mistral 7B (data/model_configs.csv)", llama_config(rows["Mistral 7B"])),
@@ -653,12 +569,8 @@ def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
 
 
 def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any]], int]) -> None:
-    """Check ``count_llama_parameters(config) -> int`` on Llama 3 8B, Mistral 7B and a small config.
-
-    The reference is the model ``transformers`` builds from the same config on the meta device;
-    the check also confirms that it equals the total in data/model_configs.csv.
-    """
-    rows = {row["model"]: row for row in _config_rows()}
+    """Check ``count_llama_parameters(config) -> int`` on Llama 3 8B, Mistral 7B and a small config."""
+    rows = {row["model"]: row for row in data_rows("model_configs.csv")}
     results = []
     for label, config in _llama_cases():
         expected = reference_llama_count(config)
@@ -678,14 +590,3 @@ def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any
     passed(f"count_llama_parameters: {results[0]:,} for Llama 3 8B and {results[1]:,} for Mistral 7B "
            "(the totals transformers builds from their configs), and right for a small tied config "
            "and for one whose head_dim is not hidden_size / num_attention_heads.")
-
-
-
-
-def _config_rows() -> list[dict[str, str]]:
-    import csv
-
-    from glassbox.paths import DATA_DIR
-
-    with (DATA_DIR / "model_configs.csv").open(newline="") as handle:
-        return list(csv.DictReader(handle))

@@ -1,22 +1,10 @@
 """Checks for chapter 05, "Changing the model and running it yourself".
 
-Each ``check_*`` function calls the learner's function and compares the result with a
-reference computed here from the loaded model (or data), never with a typed-in number.
-
-The learner's function never receives the notebook's own model. It gets a copy
-(``copy.deepcopy``) when the model is small; for a model above ``COPY_LIMIT`` parameters
-(GPT-2 and larger) two copies would not fit the course's memory budget, so it gets a small
-seeded GPT-2 built here instead, and the ✓ message says so. The functions meant to work on
-any GPT-2 (the loss, the ablation) also run on a second, random GPT-2 whose sizes all differ
-(``feedback.second_gpt2``), so an answer with the loaded model's numbers written in fails.
-Afterwards the check compares the model it gave with its state before the call (weights,
-gradients, training flag, hooks) and the notebook's model with its state before the check
-("your function changed the notebook's `model`, not the one passed in").
-
-Known mistakes (a loss without the shift, a head ablation that is never undone, a forgotten
-``zero_grad``, a fresh optimizer that forgets its momentum, a tied row edited through
-``lm_head``, truncation instead of rounding...) are computed from the same model with that
-one thing done wrong, so their hints fire for whichever model is loaded.
+The learner's function gets a copy of the loaded model (``copy.deepcopy``), or, above
+``COPY_LIMIT`` parameters, a small seeded GPT-2 built here (the ✓ message says so); the
+functions meant for any GPT-2 also run on a second, random GPT-2 whose sizes and vocabulary
+all differ (``feedback.second_gpt2``). Afterwards both the model given and the notebook's own
+``model`` must be as before (``feedback.ModelState``: weights, gradients, mode, hooks).
 """
 
 from __future__ import annotations
@@ -30,31 +18,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from glassbox.exercise_checks.feedback import (
-    _ModelState,
-    call_learner,
-    check_number,
-    check_tensor,
-    check_type,
-    fail,
-    passed,
-    second_gpt2,
-    unpack,
-)
+    ModelState, call_learner, check_number, check_tensor, check_type, fail, passed, second_gpt2,
+    unpack)
 
-__all__ = [
-    "COPY_LIMIT",
-    "check_ablate_heads",
-    "check_heldout_loss",
-    "check_quantize_rows",
-    "check_suppress_tokens",
-    "check_training_step",
-    "heldout_windows",
-]
+__all__ = ["COPY_LIMIT", "check_ablate_heads", "check_heldout_loss", "check_quantize_rows",
+           "check_suppress_tokens", "check_training_step", "heldout_windows"]
 
 #: Above this many parameters the learner's function runs on a small stand-in model.
 COPY_LIMIT: int = 20_000_000
+#: The second model's vocabulary: not GPT-2's 50,257, which every course model has.
+SECOND_VOCAB: int = 1_000
 
 #: The SGD optimizer the training-step check hands over: its momentum makes a fresh
 #: optimizer built inside the function differ from the one given, from the second step on.
@@ -71,25 +47,12 @@ def _validation_excerpt() -> str:
 
 
 def heldout_windows(tokenizer: Any, n_windows: int, length: int, offset: int = 0) -> torch.Tensor:
-    """``n_windows`` consecutive windows of ``length`` tokens of TinyGPT's validation text.
-
-    Returns a long tensor of shape ``(n_windows, length)``. The validation text comes
-    from the same generator as TinyGPT's training data with another seed, so no model
-    of the course was trained on it.
-    """
+    """``n_windows`` consecutive windows of ``length`` tokens of TinyGPT's validation text."""
     ids = tokenizer(_validation_excerpt(), verbose=False)["input_ids"]
     needed = offset + n_windows * length
     if len(ids) < needed:
         raise ValueError(f"the validation excerpt has {len(ids)} tokens, {needed} are needed")
     return torch.tensor(ids[offset:needed], dtype=torch.long).view(n_windows, length)
-
-
-def _no_dropout(model: nn.Module) -> nn.Module:
-    """Switch every dropout off, so train() and eval() compute the same thing."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    return model.eval()
 
 
 def _describe(model: nn.Module) -> str:
@@ -99,7 +62,7 @@ def _describe(model: nn.Module) -> str:
 
 
 def _subjects(model: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
-    """``n`` identical models for the learner and the reference, and a label for messages."""
+    """``n`` identical dropout-free models for the learner and the reference, and a label."""
     size = sum(p.numel() for p in model.parameters())
     if size <= COPY_LIMIT:
         base, label = model, "a copy of the loaded model"
@@ -107,29 +70,20 @@ def _subjects(model: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
         base = second_gpt2(model)
         label = (f"a small random GPT-2 built for the check ({_describe(base)}; two copies of the "
                  f"loaded {size / 1e6:,.0f}M-parameter model would not fit the memory budget)")
-    return [_no_dropout(copy.deepcopy(base)) for _ in range(n)], label
+    copies = [copy.deepcopy(base) for _ in range(n)]
+    for module in (m for c in copies for m in c.modules() if isinstance(m, nn.Dropout)):
+        module.p = 0.0  # so that train() and eval() compute the same thing
+    return [c.eval() for c in copies], label
 
 
 def _second(subject: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
-    """``n`` copies of a random GPT-2 whose sizes all differ from ``subject``'s, and its label."""
-    other = second_gpt2(subject)
-    return [copy.deepcopy(other) for _ in range(n)], f"a second, random GPT-2 ({_describe(other)})"
+    """``n`` copies of a random GPT-2 whose sizes and vocabulary differ from ``subject``'s."""
+    other = second_gpt2(subject, vocab_size=SECOND_VOCAB)
+    return [copy.deepcopy(other) for _ in range(n)], \
+        f"a second, random GPT-2 ({_describe(other)}, a vocabulary of {SECOND_VOCAB:,})"
 
 
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
-def _still(state: _ModelState, model: nn.Module, hooks: int, who: str, hint: str) -> None:
-    """Fail if ``model`` differs from ``state`` (weights, gradients, mode) or gained hooks."""
-    problems = [what for what, _ in state.problems(model)]
-    if _hooks(model) != hooks:
-        problems.append(f"left {_hooks(model) - hooks:+d} hook(s) registered on it")
-    if problems:
-        fail(f"{who}: {'; '.join(problems)}.", hint)
-
-
-def _notebook_untouched(state: _ModelState, model: nn.Module, label: str) -> None:
+def _notebook_untouched(state: ModelState, model: nn.Module, label: str) -> None:
     problems = state.problems(model)
     if problems:
         fail(f"{label} changed the notebook's own `model` ({'; '.join(w for w, _ in problems)}), "
@@ -155,20 +109,18 @@ def _reference_loss(model: nn.Module, ids: torch.Tensor, shift: int = 1) -> floa
 _SIZES_HINT = ("The check also runs your function on a second model with other sizes: take every "
                "size from the model (model.config.n_layer, n_head, n_embd, or logits.shape[-1] for "
                "the vocabulary), never from the loaded model.")
-
 _LOSS_HINT = ("F.cross_entropy(logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1)) "
               "under torch.no_grad(), with vocab = logits.shape[-1].")
+_SHIFT_HINTS = {0: "No shift: the logits at position t predict token t + 1. Compare "
+                   "logits[:, :-1] with input_ids[:, 1:].",
+                2: "You shifted twice. If you pass labels=input_ids to the model, it shifts for "
+                   "you; if you shift yourself, compute the cross-entropy yourself."}
 
 
 def _loss_mistakes(model: nn.Module, ids: torch.Tensor, expected: float) -> list[tuple[float, str]]:
     n_windows, length = ids.shape
     return [
-        (_reference_loss(model, ids, shift=0),
-         "No shift: the logits at position t predict token t + 1. Compare logits[:, :-1] with "
-         "input_ids[:, 1:]."),
-        (_reference_loss(model, ids, shift=2),
-         "You shifted twice. If you pass labels=input_ids to the model, it shifts for you; if "
-         "you shift yourself, compute the cross-entropy yourself."),
+        *((_reference_loss(model, ids, shift=s), hint) for s, hint in _SHIFT_HINTS.items()),
         (expected / math.log(2), "That is in bits (log base 2). Use the natural logarithm, as "
                                  "F.cross_entropy does: nats per token."),
         (math.exp(expected), "That is the perplexity, exp(loss). Return the loss itself."),
@@ -183,24 +135,18 @@ def _loss_mistakes(model: nn.Module, ids: torch.Tensor, expected: float) -> list
 
 def check_heldout_loss(heldout_loss: Callable[[nn.Module, torch.Tensor], Any],
                        model: nn.Module, tokenizer: Any) -> None:
-    """Check ``heldout_loss(model, input_ids) -> float``: mean next-token loss in nats.
-
-    Two batches of held-out windows (2 x 32 and 3 x 20 tokens) on the loaded model (or its
-    stand-in), and 2 x 24 on a second, random GPT-2 of other sizes; the reference
-    is the cross-entropy of every position's logits against the next token. The model must
-    come back as it was given: same weights, no gradients, same mode.
-    """
+    """Check ``heldout_loss(model, input_ids) -> float``: mean next-token loss in nats."""
     (subject, pristine), label = _subjects(model)
     (other, other_pristine), other_label = _second(pristine)
-    notebook = _ModelState(model)
+    notebook = ModelState(model)
     values = []
     for mine, reference, who, shape in ((subject, pristine, label, (2, 32)),
                                         (subject, pristine, label, (3, 20)),
                                         (other, other_pristine, other_label, (2, 24))):
-        ids = heldout_windows(tokenizer, *shape)
+        ids = heldout_windows(tokenizer, *shape) % mine.config.vocab_size
         expected = _reference_loss(reference, ids)
         got = call_learner(heldout_loss, mine, ids.clone(), name=f"heldout_loss on {who}",
-                           model=mine, hints={RuntimeError: _SIZES_HINT})
+                           model=mine, hints={RuntimeError: _SIZES_HINT, IndexError: _SIZES_HINT})
         _notebook_untouched(notebook, model, "heldout_loss")
         values.append(check_number(got, expected, f"heldout_loss on {shape[0]} windows of "
                                    f"{shape[1]} tokens ({who})",
@@ -213,106 +159,94 @@ def check_heldout_loss(heldout_loss: Callable[[nn.Module, torch.Tensor], Any],
 
 # --------------------------------------------------------------------------- exercise 2
 
+_ABLATIONS = {
+    # mistake: (the module hooked, a pre- or post-hook, which block of its features)
+    None: ("c_proj", "pre", 0), "absolute": ("c_proj", "pre", 0), "cumulative": ("c_proj", "pre", 0),
+    "columns": ("c_proj", "post", 0), "value": ("c_attn", "post", 2)}
+
+
 @torch.no_grad()
 def _ablation_table(model: nn.Module, ids: torch.Tensor, mistake: str | None = None
                     ) -> torch.Tensor:
-    """Loss increase when each head is zeroed, computed with a pre-hook on attn.c_proj.
-
-    ``mistake`` computes a known wrong variant: "absolute" (no baseline subtracted),
-    "cumulative" (heads are never put back), "columns" (the head's slice of c_proj's
-    *output* zeroed instead of its input), "value" (the head's value weights zeroed but not
-    their bias).
-    """
-    n_layer, n_head = model.config.n_layer, model.config.n_head
-    d_head = model.config.n_embd // n_head
+    """Loss increase when each head is zeroed (a pre-hook on attn.c_proj), or a known mistake."""
+    n_layer, n_head, d = model.config.n_layer, model.config.n_head, model.config.n_embd
+    d_head = d // n_head
+    where, kind, block = _ABLATIONS[mistake]
     baseline = _reference_loss(model, ids)
     table = torch.zeros(n_layer, n_head)
     handles = []
     try:
         for layer in range(n_layer):
-            attn = model.transformer.h[layer].attn
+            module = getattr(model.transformer.h[layer].attn, where)
             for head in range(n_head):
-                cols = slice(head * d_head, (head + 1) * d_head)
-                if mistake == "columns":
-                    def hook(module, args, output, cols=cols):
-                        output = output.clone()
-                        output[..., cols] = module.bias[cols]
-                        return output
-                    handle = attn.c_proj.register_forward_hook(hook)
-                elif mistake == "value":
-                    v_cols = slice(2 * model.config.n_embd + cols.start, 2 * model.config.n_embd + cols.stop)
-                    def hook(module, args, output, v_cols=v_cols):
-                        output = output.clone()
-                        output[..., v_cols] = module.bias[v_cols]
-                        return output
-                    handle = attn.c_attn.register_forward_hook(hook)
-                else:
+                cols = slice(block * d + head * d_head, block * d + (head + 1) * d_head)
+                if kind == "pre":
                     def hook(module, args, cols=cols):
                         hidden = args[0].clone()
                         hidden[..., cols] = 0.0
                         return (hidden,) + tuple(args[1:])
-                    handle = attn.c_proj.register_forward_pre_hook(hook)
-                handles.append(handle)
+                    handles.append(module.register_forward_pre_hook(hook))
+                else:
+                    def hook(module, args, output, cols=cols):
+                        output = output.clone()
+                        output[..., cols] = module.bias[cols]
+                        return output
+                    handles.append(module.register_forward_hook(hook))
                 table[layer, head] = _reference_loss(model, ids)
                 if mistake != "cumulative":
-                    handle.remove()
+                    handles.pop().remove()
     finally:
         for handle in handles:
             handle.remove()
     return table if mistake == "absolute" else table - baseline
 
 
-def _ablation_mistakes(model: nn.Module, ids: torch.Tensor, expected: torch.Tensor) -> list:
-    n_layer, n_head = expected.shape
-    out = [(expected.T, "Rows are layers and columns are heads: result[layer, head].")] \
-        if n_layer == n_head else []
-    return out + [
-        (_ablation_table(model, ids, "absolute"),
-         "These are the losses with each head removed. Subtract the baseline: the loss of the "
-         "intact model on the same tokens."),
-        (_ablation_table(model, ids, "cumulative"),
-         "Each head stayed removed while you removed the next ones. Remove the hook "
-         "(handle.remove()) or restore the weights before moving on."),
-        (_ablation_table(model, ids, "columns"),
-         "You zeroed the head's slice of c_proj's output. A head's output enters c_proj as its "
-         "*input* features h*d_head:(h+1)*d_head: zero those (Conv1D's weight is (in, out), so "
-         "the rows of c_proj.weight)."),
-        (_ablation_table(model, ids, "value"),
-         "You zeroed the head's value weights but not their bias, so the head still adds its "
-         "value bias. Zero the head's input to c_proj (the rows of c_proj.weight) instead."),
-    ]
-
-
+_ABLATION_HINTS = {
+    "absolute": "These are the losses with each head removed. Subtract the baseline: the loss of "
+                "the intact model on the same tokens.",
+    "cumulative": "Each head stayed removed while you removed the next ones. Remove the hook "
+                  "(handle.remove()) or restore the weights before moving on.",
+    "columns": "You zeroed the head's slice of c_proj's output. A head's output enters c_proj as "
+               "its *input* features h*d_head:(h+1)*d_head: zero those (Conv1D's weight is (in, "
+               "out), so the rows of c_proj.weight).",
+    "value": "You zeroed the head's value weights but not their bias, so the head still adds its "
+             "value bias. Zero the head's input to c_proj (the rows of c_proj.weight) instead.",
+}
 _ABLATE_HINT = ("For each (layer, head): zero that head's slice of the input of "
                 "transformer.h[layer].attn.c_proj, measure the loss, put it back; subtract the "
                 "intact model's loss. Take the sizes from model.config.")
 
 
+def _ablation_mistakes(model: nn.Module, ids: torch.Tensor, expected: torch.Tensor) -> list:
+    n_layer, n_head = expected.shape
+    out = [(expected.T, "Rows are layers and columns are heads: result[layer, head].")] \
+        if n_layer == n_head else []
+    return out + [(_ablation_table(model, ids, m), hint) for m, hint in _ABLATION_HINTS.items()]
+
+
 def check_ablate_heads(ablate_heads: Callable[[nn.Module, torch.Tensor], Any],
                        model: nn.Module, tokenizer: Any) -> None:
-    """Check ``ablate_heads(model, input_ids) -> Tensor (n_layer, n_head)``.
-
-    Entry [layer, head] is the held-out loss with that head's output zeroed minus the loss
-    of the intact model; checked on the loaded model (or its stand-in) and on a second,
-    random GPT-2 of other sizes. The model must be left exactly as it was.
-    """
+    """Check ``ablate_heads(model, input_ids) -> Tensor (n_layer, n_head)`` of loss increases."""
     (subject, pristine), label = _subjects(model)
     (other, other_pristine), other_label = _second(pristine)
-    notebook = _ModelState(model)
+    notebook = ModelState(model)
     results = []
-    for mine, reference, who, ids in ((subject, pristine, label, heldout_windows(tokenizer, 2, 32)),
-                                      (other, other_pristine, other_label,
-                                       heldout_windows(tokenizer, 2, 24))):
+    for mine, reference, who, length in ((subject, pristine, label, 32),
+                                         (other, other_pristine, other_label, 24)):
+        ids = heldout_windows(tokenizer, 2, length) % mine.config.vocab_size
         expected = _ablation_table(reference, ids)
-        state, hooks = _ModelState(mine), _hooks(mine)
+        state = ModelState(mine)
         got = call_learner(ablate_heads, mine, ids.clone(), name=f"ablate_heads on {who}",
                            hints={IndexError: _SIZES_HINT, RuntimeError: _SIZES_HINT})
         _notebook_untouched(notebook, model, "ablate_heads")
-        _still(state, mine, hooks, f"After ablate_heads on {who}, the model is not as it was",
-               "Put every head back before removing the next one: keep the handle of each hook "
-               "and call handle.remove(), or restore the weights you zeroed (clone them first); "
-               "measure under torch.no_grad() and leave the mode as it was. Reload the model "
-               "with load_model() if yours is broken.")
+        problems = state.problems(mine)
+        if problems:
+            fail(f"After ablate_heads on {who}, the model is not as it was: "
+                 f"{'; '.join(what for what, _ in problems)}.",
+                 "Put every head back before removing the next one: keep the handle of each hook "
+                 "and call handle.remove(), or restore the weights you zeroed (clone them first); "
+                 "measure under torch.no_grad() and leave the mode as it was. Reload the model "
+                 "with load_model() if yours is broken.")
         if isinstance(got, (list, tuple)):
             fail(f"ablate_heads returned a {type(got).__name__}; expected a torch.Tensor of shape "
                  f"{tuple(expected.shape)}.",
@@ -334,31 +268,30 @@ def check_ablate_heads(ablate_heads: Callable[[nn.Module, torch.Tensor], Any],
 
 def _single_ids(tokenizer: Any, words: tuple[str, ...], vocab: int, fallback: list[int]) -> list[int]:
     ids = [tokenizer(word, verbose=False)["input_ids"] for word in words]
-    if all(len(i) == 1 and i[0] < vocab for i in ids):
-        return [i[0] for i in ids]
-    return fallback
+    return [i[0] for i in ids] if all(len(i) == 1 and i[0] < vocab for i in ids) else fallback
 
 
 def check_suppress_tokens(suppress_tokens: Callable[[nn.Module, list[int]], Any],
                           model: nn.Module, tokenizer: Any) -> None:
-    """Check ``suppress_tokens(model, token_ids) -> model``: an edited copy that can never
-    produce those tokens, reads its input exactly as before and leaves ``model`` alone.
-
-    Called twice on the same model, for " herself" and " himself" and then for two other
-    tokens (" nurse", " map"), which the text makes likely: the ids come from the argument.
+    """Check ``suppress_tokens(model, token_ids) -> model``: an edited copy that never produces
+    them.
     """
     (subject, pristine), label = _subjects(model)
-    notebook = _ModelState(model)
+    (other, other_pristine), other_label = _second(pristine)
+    notebook = ModelState(model)
     vocab = pristine.config.vocab_size
     text = "The nurse herself was happy. The pilot himself had a red map. Mia found a box."
-    ids = torch.tensor([tokenizer(text, verbose=False)["input_ids"]]).clamp(max=vocab - 1)
-    with torch.no_grad():
-        before = pristine(input_ids=ids).logits
+    text_ids = torch.tensor([tokenizer(text, verbose=False)["input_ids"]])
     pairs = [_single_ids(tokenizer, (" herself", " himself"), vocab, [min(11, vocab - 1), min(13, vocab - 2)]),
              _single_ids(tokenizer, (" nurse", " map"), vocab, [min(17, vocab - 3), min(19, vocab - 4)])]
-    for banned in pairs:
-        state = _ModelState(subject)
-        got = call_learner(suppress_tokens, subject, list(banned), name="suppress_tokens")
+    for mine, reference, banned in ((subject, pristine, pairs[0]), (subject, pristine, pairs[1]),
+                                    (other, other_pristine, [i % SECOND_VOCAB for i in pairs[0]])):
+        n_vocab = reference.config.vocab_size
+        ids = text_ids.clamp(max=n_vocab - 1) if mine is subject else text_ids % n_vocab
+        with torch.no_grad():
+            before = reference(input_ids=ids).logits
+        state = ModelState(mine)
+        got = call_learner(suppress_tokens, mine, list(banned), name="suppress_tokens")
         _notebook_untouched(notebook, model, "suppress_tokens")
         if got is None:
             fail("suppress_tokens returned None; expected the edited model.",
@@ -368,15 +301,16 @@ def check_suppress_tokens(suppress_tokens: Callable[[nn.Module, list[int]], Any]
                  "Return the edited copy of the model itself, not its weights or logits.")
         check_type(got, nn.Module, "suppress_tokens(model, token_ids)",
                    hint="Return the edited copy of the model.")
-        problems = [what for what, _ in state.problems(subject)]
-        if got is subject or problems:
+        problems = [what for what, _ in state.problems(mine)]
+        if got is mine or problems:
             what = "; ".join(problems) if problems else "it returned that same object"
             fail(f"suppress_tokens changed the model it was given ({what}).",
                  "Edit a copy: edited = copy.deepcopy(model), change edited, return edited.")
-        _check_suppressed(got, pristine, ids, before, banned, vocab)
+        _check_suppressed(got, reference, ids, before, banned, n_vocab)
     passed(f"suppress_tokens: tokens {pairs[0]} and then {pairs[1]} (the ids you were given) get "
            "probability < 1e-6 at every position, every other logit and the input embeddings "
-           f"are unchanged, and the model you passed in was left alone; checked on {label}.")
+           f"are unchanged, and the model you passed in was left alone; checked on {label} and "
+           f"on {other_label}.")
 
 
 def _check_suppressed(got: nn.Module, pristine: nn.Module, ids: torch.Tensor, before: torch.Tensor,
@@ -475,29 +409,21 @@ def _step_variants(before: tuple[nn.Module, torch.optim.Optimizer], ids: torch.T
     return out
 
 
-def check_training_step(training_step: Callable[..., Any], model: nn.Module,
-                        tokenizer: Any) -> None:
-    """Check ``training_step(model, optimizer, input_ids) -> float`` over two SGD steps.
-
-    The optimizer is SGD with momentum, so it carries state from one step to the next. The
-    reference does: zero the gradients, forward, mean next-token cross-entropy, backward,
-    optimizer step. The learner's model must end up with the same weights after each step and
-    the returned loss must be the reference's.
-    """
-    (learner, reference, initial), label = _subjects(model, 3)
-    notebook = _ModelState(model)
-    batches = [heldout_windows(tokenizer, 2, 16, offset=o) for o in (0, 32)]
+def _check_steps(training_step: Callable[..., Any], learner: nn.Module, reference: nn.Module,
+                 notebook: ModelState, model: nn.Module, tokenizer: Any) -> None:
+    """Two SGD steps of the learner's function against the reference's, on one model."""
+    batches = [heldout_windows(tokenizer, 2, 16, offset=o) % learner.config.vocab_size
+               for o in (0, 32)]
     opt_learner, opt_reference = _sgd(learner), _sgd(reference)
     for step, ids in enumerate(batches, start=1):
         before = _twin(reference, opt_reference)  # with the gradients and momentum of the last step
         expected = _reference_step(reference, opt_reference, ids)
-        got = call_learner(training_step, learner, opt_learner, ids.clone(), name="training_step")
+        got = call_learner(training_step, learner, opt_learner, ids.clone(), name="training_step",
+                           hints={RuntimeError: _SIZES_HINT, IndexError: _SIZES_HINT})
         _notebook_untouched(notebook, model, "training_step")
         check_number(got, expected, f"the loss training_step returned at step {step}",
-                     known_mistakes=lambda: [(_reference_loss(before[0], ids, shift=s), h) for s, h in (
-                         (0, "No shift: the logits at position t predict token t + 1. Compare "
-                             "logits[:, :-1] with input_ids[:, 1:]."),
-                         (2, "You shifted twice: labels=input_ids makes the model shift for you."))],
+                     known_mistakes=lambda: [(_reference_loss(before[0], ids, shift=s), hint)
+                                             for s, hint in _SHIFT_HINTS.items()],
                      rel_tol=1e-4,
                      hint="Return the mean next-token cross-entropy of this batch, computed before "
                           "the update: loss.item().")
@@ -520,17 +446,26 @@ def check_training_step(training_step: Callable[..., Any], model: nn.Module,
              f"to {scale:.3g}).",
              "Use the optimizer you were given (do not build a new one), do not clip, scale or "
              "accumulate, and compute the loss on this batch only.")
+
+
+def check_training_step(training_step: Callable[..., Any], model: nn.Module,
+                        tokenizer: Any) -> None:
+    """Check ``training_step(model, optimizer, input_ids) -> float`` over two SGD steps with momentum."""
+    (learner, reference, initial), label = _subjects(model, 3)
+    (other, other_reference), other_label = _second(initial)
+    notebook = ModelState(model)
+    _check_steps(training_step, learner, reference, notebook, model, tokenizer)
+    _check_steps(training_step, other, other_reference, notebook, model, tokenizer)
     passed(f"training_step: the losses and the weights after two steps of SGD with momentum (lr "
            f"{SGD_LR}, momentum {SGD_MOMENTUM}) match a reference step (gradients reset, forward, "
            f"shifted loss, backward, the given optimizer's step); the weights moved by up to "
-           f"{_max_diff(learner, initial):.3g}; checked on {label}.")
+           f"{_max_diff(learner, initial):.3g}; checked on {label} and on {other_label}.")
 
 
 # --------------------------------------------------------------------------- exercise 5
 
 def _quantization_matrix(model: nn.Module) -> torch.Tensor:
-    """Rows of the loaded model's token embedding, plus three rows that catch mistakes:
-    all zeros, one with its largest magnitude negative, one with a single outlier."""
+    """600 rows of the token embedding, and at row 300: all zeros, a negative extreme, an outlier."""
     rows = model.transformer.wte.weight.detach()[:600].float().clone()
     d = rows.shape[1]
     special = torch.zeros(3, d)
@@ -538,6 +473,21 @@ def _quantization_matrix(model: nn.Module) -> torch.Tensor:
     special[2, :] = 0.01
     special[2, d // 2] = 3.0                            # one outlier
     return torch.cat([rows[:300], special, rows[300:]])
+
+
+class _NaNToInteger(TorchFunctionMode):
+    """Notes when a float tensor holding NaN is converted to an integer dtype (0 / 0 cast to int8)."""
+
+    seen = False
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if isinstance(out, torch.Tensor) and isinstance(src, torch.Tensor) and \
+                src.is_floating_point() and not out.is_floating_point() and out.dtype != torch.bool \
+                and bool(torch.isnan(src).any()):
+            self.seen = True
+        return out
 
 
 _SCALE_FACTORS = (
@@ -549,21 +499,23 @@ _SCALE_FACTORS = (
     (127 / 256, "Divide by 127: the scale is max|w| / 127."),
     (127.0, "The scale is max|w| / 127, not max|w| itself."),
 )
+_ZERO_ROW_HINT = ("Its scale is 0, and 0 / 0 is NaN, which becomes garbage in int8 (whatever the "
+                  "platform makes of it). Guard it: scale.clamp(min=1e-12) before dividing, or "
+                  "torch.where(scale > 0, ...).")
 
 
 def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
-    """Check ``quantize_rows(weight) -> (q, scale)``: symmetric int8 with one scale per row.
-
-    The definition: ``scale[i] = max |weight[i]| / 127`` and ``q = round(weight / scale)``
-    as int8 (0 for an all-zero row). The check verifies the defining properties: int8
-    values in [-127, 127], the scales, and every value within half a step of the original.
+    """Check ``quantize_rows(weight) -> (q, scale)``: symmetric int8, one scale max|w| / 127 per
+    row.
     """
     weight = _quantization_matrix(model)
     rows, cols = weight.shape
     absmax = weight.abs().amax(dim=1)
     expected_scale = absmax / 127
     safe = torch.where(expected_scale > 0, expected_scale, torch.ones_like(expected_scale))
-    got = call_learner(quantize_rows, weight, name="quantize_rows", protect={"weight matrix": weight})
+    with _NaNToInteger() as watch:
+        got = call_learner(quantize_rows, weight, name="quantize_rows",
+                           protect={"weight matrix": weight})
     q, scale = unpack(got, ("q", "scale"), "quantize_rows")
     check_type(q, torch.Tensor, "q (element 0 of your tuple)")
     check_type(scale, torch.Tensor, "scale (element 1 of your tuple)")
@@ -593,9 +545,10 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
         fail("scale contains NaN or infinite values.", "The maximum of |w| is always finite "
              "here; did you divide by something that can be 0?")
     if bool((q[300] != 0).any()):
-        fail("The all-zero row (row 300) did not quantise to zeros.",
-             "Its scale is 0, and 0 / 0 is NaN, which becomes garbage in int8. Guard it: "
-             "scale.clamp(min=1e-12) before dividing, or torch.where(scale > 0, ...).")
+        fail("The all-zero row (row 300) did not quantise to zeros.", _ZERO_ROW_HINT)
+    if watch.seen:
+        fail("The all-zero row (row 300) went through 0 / 0 = NaN on its way to int8 (it came out "
+             "as zeros on this machine, by chance of the conversion).", _ZERO_ROW_HINT)
     nonzero = absmax > 0
     check_tensor(scale[nonzero], expected_scale[nonzero], "scale (rows that are not all zero)",
                  rtol=1e-4, atol=1e-12,
@@ -629,5 +582,5 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
     passed(f"quantize_rows: int8 values in -127..127 with one scale per row (max|w| / 127), "
            f"every value within half a step of the original (largest error {float(error.max()):.2g}"
            + (f"; {mismatch} exact ties rounded the other way" if mismatch else "")
-           + f"), the all-zero row handled; tested on {rows - 3} rows of the model's token "
-           "embedding plus three tricky rows.")
+           + f"), the all-zero row handled without 0 / 0; tested on {rows - 3} rows of the model's "
+           "token embedding plus three tricky rows.")

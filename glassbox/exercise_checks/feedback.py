@@ -1,25 +1,16 @@
 """The one layer between the exercise checks and the learner's code.
 
-A check calls the learner's function through :func:`call_learner`, takes its answer apart
-with :func:`unpack`, reads numbers with :func:`as_number`, and compares with
-:func:`check_number` or :func:`check_tensor`. When an answer is wrong, the message says
-*what* is wrong and, where it can, *which usual mistake* gives exactly that answer, the way a
-good teaching assistant would: "expected shape (768, 2304), got (2304, 768): this is the
-transpose", "off by a factor of 2", "this is what you get without the 1/sqrt(d_head)".
-
-The usual mistakes are never typed-in numbers. A chapter writes its reference with settings
-(a dataclass such as ``forward_pass.Variant``, or keyword arguments such as
-``anatomy._formula``'s) whose defaults compute the right answer; each mistake is the same
-reference with one setting changed, and :func:`mistakes_from` turns such a list into the
-answers the mistakes give, computed only once an answer has failed.
-
-Every failure raises :class:`ExerciseFailed` (an ``AssertionError``), so nbval, pytest and
-nbgrader all count it as a failed test. Success prints one line that starts with ``✓``.
+Checks call the learner through :func:`call_learner`, take answers apart with :func:`unpack`
+and compare with :func:`check_number` or :func:`check_tensor`. A wrong answer raises
+:class:`ExerciseFailed` (an ``AssertionError``, so nbval, pytest and nbgrader count it) whose
+message names the usual mistake that gives exactly that answer; those answers come from the
+reference with one setting changed (:func:`mistakes_from`), computed only after a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import math
 import numbers
@@ -29,23 +20,9 @@ from typing import Any, NoReturn
 import torch
 from torch import nn
 
-__all__ = [
-    "ExerciseFailed",
-    "Mistakes",
-    "as_number",
-    "call_learner",
-    "check_number",
-    "check_tensor",
-    "check_type",
-    "close",
-    "expect_raises",
-    "fail",
-    "mistakes_from",
-    "passed",
-    "refusing",
-    "second_gpt2",
-    "unpack",
-]
+__all__ = ["ExerciseFailed", "Mistakes", "ModelState", "Refused", "as_number", "call_learner",
+           "check_number", "check_tensor", "check_type", "close", "data_rows", "expect_raises", "fail",
+           "mistakes_from", "passed", "refusing", "second_gpt2", "unpack"]
 
 #: (wrong answer, hint) pairs, or a function that computes them when they are needed.
 Mistakes = Iterable[tuple[Any, str]] | Callable[[], Iterable[tuple[Any, str]]]
@@ -66,6 +43,14 @@ def passed(message: str) -> None:
     print(f"✓ {message}")
 
 
+def data_rows(name: str) -> list[dict[str, str]]:
+    """The rows of ``data/<name>``, a CSV file, as dicts."""
+    from glassbox.paths import DATA_DIR
+
+    with (DATA_DIR / name).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def _describe(value: Any) -> str:
     """A short description of a value for messages: its type and, if small, its repr."""
     if value is None:
@@ -78,36 +63,33 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-# --------------------------------------------------------------------------- calling the learner
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
-class _ModelState:
-    """What calling the learner must not change about a model: weights, gradients, mode."""
+
+def _digest(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Address, dtype, shape and two sums: cheap at GPT-2 scale (a hash of every byte is 8x slower)."""
+    t = tensor.detach()
+    flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
+    sums = (float(flat.sum()), float(torch.dot(flat, flat))) if t.is_floating_point() else \
+        (int(flat.sum()),)
+    return (t.data_ptr(), t.dtype, tuple(t.shape), *sums)
+
+
+class ModelState:
+    """What calling the learner must not change about a model: weights, gradients, mode, hooks."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.training = model.training
+        self.training, self.hooks = model.training, _hooks(model)
         self.grads = {name for name, p in model.named_parameters() if p.grad is not None}
-        self.digests = {name: self._digest(t) for name, t in
+        self.digests = {name: _digest(t) for name, t in
                         [*model.named_parameters(), *model.named_buffers()]}
-
-    @staticmethod
-    def _digest(tensor: torch.Tensor) -> tuple[Any, ...]:
-        """Where the tensor lives, its dtype and shape, and two sums of its values.
-
-        Cheap at GPT-2 scale (a hash of every byte took 0.8 s per pass, this about 0.1 s). The
-        address and dtype see a replaced or converted tensor; the sum and the sum of squares
-        see values changed in place, and equal the old ones again once they are put back.
-        """
-        t = tensor.detach()
-        flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
-        sums = (float(flat.sum()), float(torch.dot(flat, flat))) if t.is_floating_point() else \
-            (int(flat.sum()),)
-        return (t.data_ptr(), t.dtype, tuple(t.shape), *sums)
 
     def problems(self, model: nn.Module) -> list[tuple[str, str]]:
         """(what changed, how to avoid it) for every way ``model`` differs from before."""
         out = []
         changed = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
-                   if self.digests.get(n) != self._digest(t)]
+                   if self.digests.get(n) != _digest(t)]
         if changed:
             out.append((f"changed {len(changed)} of the model's weight tensors in place "
                         f"(e.g. {changed[0]})",
@@ -126,6 +108,9 @@ class _ModelState:
             out.append((f"left the model in {mode} mode (model.training is {model.training})",
                         "Leave the mode as you found it: if you call model.train(), call "
                         "model.eval() before returning (dropout is on in training mode)."))
+        if _hooks(model) != self.hooks:
+            out.append((f"left {_hooks(model) - self.hooks:+d} hook(s) registered on it",
+                        "Keep the handle of every hook you register and call handle.remove()."))
         return out
 
 
@@ -133,18 +118,7 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
                  hints: Mapping[type[BaseException], str | Callable[[BaseException], str]] | None = None,
                  protect: Iterable[torch.Tensor] | Mapping[str, torch.Tensor] = (),
                  model: nn.Module | None = None, **kwargs: Any) -> Any:
-    """Call the learner's function, turn its crashes into feedback, and verify its inputs.
-
-    ``NotImplementedError`` passes through unchanged: it means "not attempted yet". Any other
-    exception is re-raised as :class:`ExerciseFailed` *from* the original, so the learner still
-    sees their own traceback above our hint; ``hints`` maps an exception type to advice (a
-    string, or a function of the exception that returns one).
-
-    Input protection: every tensor in ``protect`` (a mapping names them) must come back
-    unchanged (if it does not, the check restores it and says so), and for ``model``, afterwards its weights and buffers, the gradients on its
-    parameters (``.grad``) and its training flag must be as before. The message says which
-    of these the function changed. (Checks that hand the learner copies say so themselves.)
-    """
+    """Call the learner's function, turn its crashes into feedback, and verify its inputs."""
     label = name or getattr(fn, "__name__", "your function")
     if not callable(fn):
         fail(f"Expected a function for {label}, got {_describe(fn)}.",
@@ -152,7 +126,7 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
     named = dict(protect) if isinstance(protect, Mapping) else {
         f"input tensor {i + 1}": t for i, t in enumerate(protect)}
     before = {key: t.detach().clone() for key, t in named.items()}
-    state = _ModelState(model) if model is not None else None
+    state = ModelState(model) if model is not None else None
     try:
         result = fn(*args, **kwargs)
     except NotImplementedError:
@@ -169,11 +143,10 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
             fail(f"{label} changed its {key} in place; the check has put the original values "
                  "back.", "Compute new tensors (x - mean, not x -= mean; no .sub_(), .mul_() or "
                           "[...] = ... on the inputs).")
-    if state is not None:
-        problems = state.problems(model)
-        if problems:
-            fail(f"{label} {'; it also '.join(what for what, _ in problems)}.",
-                 " ".join(how for _, how in problems))
+    problems = state.problems(model) if state is not None else []
+    if problems:
+        fail(f"{label} {'; it also '.join(what for what, _ in problems)}.",
+             " ".join(how for _, how in problems))
     return result
 
 
@@ -183,12 +156,7 @@ class Refused(RuntimeError):
 
 @contextlib.contextmanager
 def refusing(targets: Iterable[tuple[Any, str]], what: str) -> Iterator[None]:
-    """While the learner's function runs, each ``(owner, attribute)`` raises :class:`Refused`.
-
-    For answers that could read the answer: a parameter count that builds the model, a
-    forward pass that runs the library's. ``what`` names the refused thing in the message;
-    pass ``hints={Refused: ...}`` to :func:`call_learner` to say what to do instead.
-    """
+    """While the learner's function runs, each ``(owner, attribute)`` raises :class:`Refused`."""
     targets = list(targets)
     originals = [getattr(owner, name) for owner, name in targets]
 
@@ -206,11 +174,7 @@ def refusing(targets: Iterable[tuple[Any, str]], what: str) -> Iterator[None]:
 
 def expect_raises(fn: Callable[..., Any], *args: Any, exception: type[BaseException],
                   name: str, why: str, **kwargs: Any) -> BaseException:
-    """Call the learner's function on an input it must refuse; return the exception it raised.
-
-    ``why`` says why the input must be refused; it is the hint when the function returns a
-    value or raises another kind of error.
-    """
+    """Call the learner's function on an input it must refuse; return the exception raised."""
     try:
         got = fn(*args, **kwargs)
     except NotImplementedError:
@@ -232,9 +196,8 @@ def unpack(got: Any, parts: Sequence[str], name: str, hint: str | None = None) -
     if isinstance(got, torch.Tensor) or not isinstance(got, (tuple, list)):
         fail(f"{name} returned one value, {_describe(got)}; expected a tuple {wanted}.", hint)
     if len(got) < len(parts):
-        missing = ", ".join(parts[len(got):])
         fail(f"{name} returned {len(got)} value(s); expected {len(parts)}, {wanted}: "
-             f"{missing} is missing.", hint)
+             f"{', '.join(parts[len(got):])} is missing.", hint)
     if len(got) > len(parts):
         fail(f"{name} returned {len(got)} values; expected {len(parts)}, {wanted}: "
              f"{len(got) - len(parts)} extra.", hint)
@@ -254,27 +217,18 @@ def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
     fail(f"{name} should be a {wanted}, got {_describe(got)}.", hint)
 
 
-# --------------------------------------------------------------------------- a second model
-
-def second_gpt2(like: nn.Module, seed: int = 11) -> nn.Module:
-    """A small random GPT-2 whose sizes all differ from ``like``'s, with ``like``'s vocabulary.
-
-    Checks run a learner's function on it besides the loaded model, so an answer with the
-    loaded model's numbers written in (heads, head size, width, layers, LayerNorm epsilon)
-    fails. Its LayerNorm epsilon (1e-2) is close to the variance of its activations, so a
-    wrong or missing epsilon changes the output well beyond the checks' tolerances; biases
-    are not zero, as in a trained model. Built with its own seed; the caller's random state
-    is left as it was.
+def second_gpt2(like: nn.Module, seed: int = 11, vocab_size: int | None = None) -> nn.Module:
+    """A small random GPT-2 whose sizes all differ from ``like``'s (vocabulary: ``like``'s by
+    default).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     c = like.config
     n_head = 6 if c.n_head != 6 else 3
     d_head = 8 if c.n_embd // c.n_head != 8 else 12
-    n_layer = 2 if c.n_layer != 2 else 3
-    eps = 1e-2 if not math.isclose(c.layer_norm_epsilon, 1e-2) else 1e-3
-    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_head * d_head,
-                        vocab_size=c.vocab_size, n_positions=64, layer_norm_epsilon=eps,
+    config = GPT2Config(n_layer=2 if c.n_layer != 2 else 3, n_head=n_head, n_embd=n_head * d_head,
+                        vocab_size=vocab_size or c.vocab_size, n_positions=64,
+                        layer_norm_epsilon=1e-2 if not math.isclose(c.layer_norm_epsilon, 1e-2) else 1e-3,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
     with torch.random.fork_rng():
@@ -290,12 +244,7 @@ def second_gpt2(like: nn.Module, seed: int = 11) -> nn.Module:
 
 def mistakes_from(compute: Callable[..., Any], settings: Iterable[tuple[Any, str]]
                   ) -> Callable[[], Iterable[tuple[Any, str]]]:
-    """The answers the usual mistakes give, computed lazily from the reference.
-
-    ``settings`` are ``(setting, hint)`` pairs: a dict of keyword arguments for ``compute``
-    (``compute(**setting)``), or one value passed as it is (``compute(setting)``, e.g. a
-    ``Variant``). A setting the reference cannot run on this input is skipped.
-    """
+    """The answers the usual mistakes give, computed lazily from the reference."""
     def generate() -> Iterable[tuple[Any, str]]:
         for setting, hint in settings:
             try:
@@ -307,14 +256,10 @@ def mistakes_from(compute: Callable[..., Any], settings: Iterable[tuple[Any, str
     return generate
 
 
-def _matching(mistakes: Mistakes, is_match: Callable[[Any], bool]) -> list[str]:
-    """The hints of the mistakes whose answer matches, each once, in order."""
+def _fail_with_mistakes(head: str, mistakes: Mistakes, is_match: Callable[[Any], bool]) -> None:
+    """Fail naming the mistake(s) whose answer matches; return if there are none."""
     generated = mistakes() if callable(mistakes) else mistakes
-    return list(dict.fromkeys(hint for value, hint in generated if is_match(value)))
-
-
-def _fail_with_mistakes(head: str, hints: list[str]) -> None:
-    """Fail naming the matched mistake(s); return if there are none."""
+    hints = list(dict.fromkeys(hint for value, hint in generated if is_match(value)))
     if len(hints) == 1:
         fail(f"{head} It matches a usual mistake.", hints[0])
     if hints:  # on this input the numbers cannot tell these mistakes apart
@@ -325,11 +270,7 @@ def _fail_with_mistakes(head: str, hints: list[str]) -> None:
 # --------------------------------------------------------------------------- numbers
 
 def as_number(got: Any, name: str, *, integer: bool = False, hint: str | None = None) -> float:
-    """The learner's value as a float (a whole number if ``integer``), or a clear failure.
-
-    Accepts Python and NumPy numbers and one-element tensors; refuses None, bools, strings,
-    NaN and infinities, each with its own message.
-    """
+    """The learner's value as a float (a whole number if ``integer``), or a clear failure."""
     if got is None:
         fail(f"{name} is None, expected a number.", "Did you forget the `return` statement?")
     if isinstance(got, bool):
@@ -351,22 +292,18 @@ def as_number(got: Any, name: str, *, integer: bool = False, hint: str | None = 
         fail(f"{name} is {value}.", "Something divided by zero or overflowed on the way.")
     if integer and not value.is_integer():
         fail(f"{name} should be a whole number, got {value!r}.",
-             hint or "A count is an integer: avoid `/`, use `//` or int().")
+             hint or "A count is a whole number: avoid `/`, use `//` or int().")
     return value
 
 
-# Simple factors a learner typically ends up off by, with what usually causes them.
-_FACTORS: tuple[tuple[float, str], ...] = (
-    (2.0, "a factor of 2"), (0.5, "a factor of 1/2"),
-    (4.0, "a factor of 4"), (0.25, "a factor of 1/4"),
-    (8.0, "a factor of 8 (bits instead of bytes?)"), (0.125, "a factor of 1/8 (bits instead of bytes?)"),
-    (3.0, "a factor of 3"), (1 / 3, "a factor of 1/3"),
-    (1e3, "a factor of 1,000 (units?)"), (1e-3, "a factor of 1/1,000 (units?)"),
-    (1e6, "a factor of 1,000,000 (units?)"), (1e-6, "a factor of 1/1,000,000 (units?)"),
-    (2**20 / 1e6, "a factor of 1.048576: MB (10^6 bytes) versus MiB (2^20 bytes)"),
-    (1e6 / 2**20, "a factor of 1/1.048576: MiB (2^20 bytes) versus MB (10^6 bytes)"),
-    (-1.0, "the sign"),
-)
+# Simple factors a learner is typically off by (each with its reciprocal), and their cause.
+_FACTORS = [pair for factor, label, why in (
+    (2.0, "2", ""), (4.0, "4", ""), (8.0, "8", " (bits instead of bytes?)"), (3.0, "3", ""),
+    (1e3, "1,000", " (units?)"), (1e6, "1,000,000", " (units?)"),
+    (2**20 / 1e6, "1.048576", ": MB (10^6 bytes) versus MiB (2^20 bytes)"))
+    for pair in ((factor, f"a factor of {label}{why}"), (1 / factor, f"a factor of 1/{label}" + (
+        why if ":" not in why else ": MiB (2^20 bytes) versus MB (10^6 bytes)")))]
+_FACTORS.append((-1.0, "the sign"))
 
 
 def _fmt(value: float) -> str:
@@ -378,30 +315,18 @@ def _fmt(value: float) -> str:
 def check_number(got: Any, expected: float, name: str, known_mistakes: Mistakes = (),
                  rel_tol: float = 1e-9, abs_tol: float = 0.0,
                  hint: str | None = None, integer: bool = False) -> float:
-    """Compare a learner's number with the reference, naming the likely mistake; return it.
-
-    ``known_mistakes`` are ``(value, hint)`` pairs (or a function giving them, e.g. from
-    :func:`mistakes_from`): what the reference gives with one specific mistake, computed
-    from the same config or model, never typed in. They are looked at only once the answer
-    has failed. Otherwise a constant factor (x2, x1/2, bits/bytes, MB/MiB...) is
-    recognised, and failing that the difference is reported.
-    """
-    value = as_number(got, name, integer=integer,
-                      hint="Parameter counts are integers: avoid `/`, use `//` or int()."
-                      if integer else None)
+    """Compare a learner's number with the reference, naming the likely mistake; return it."""
+    value = as_number(got, name, integer=integer)
     if math.isclose(value, expected, rel_tol=rel_tol, abs_tol=abs_tol):
         return value
     head = f"{name}: expected {_fmt(expected)}, got {_fmt(value)}"
-    _fail_with_mistakes(f"{head} (off by {_fmt(value - expected)}).", _matching(
-        known_mistakes, lambda m: math.isclose(value, float(m), rel_tol=rel_tol, abs_tol=abs_tol)))
-    if expected != 0:
-        ratio = value / expected
-        for factor, label in _FACTORS:
-            if math.isclose(ratio, factor, rel_tol=max(rel_tol, 1e-6)):
-                fail(f"{head}: off by {label}.", hint)
-    diff = value - expected
-    pct = f" ({diff / expected:+.2%})" if expected else ""
-    fail(f"{head}: off by {_fmt(diff)}{pct}.", hint)
+    _fail_with_mistakes(f"{head} (off by {_fmt(value - expected)}).", known_mistakes,
+                        lambda m: math.isclose(value, float(m), rel_tol=rel_tol, abs_tol=abs_tol))
+    for factor, label in _FACTORS if expected else ():
+        if math.isclose(value / expected, factor, rel_tol=max(rel_tol, 1e-6)):
+            fail(f"{head}: off by {label}.", hint)
+    pct = f" ({(value - expected) / expected:+.2%})" if expected else ""
+    fail(f"{head}: off by {_fmt(value - expected)}{pct}.", hint)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -418,11 +343,7 @@ def close(got: Any, expected: torch.Tensor, rtol: float = 1e-4, atol: float = 1e
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
-    """Same shape and |a - b| <= atol + rtol * |b| everywhere; NaN equals NaN, inf equals inf.
-
-    NaN counts as equal because a mistake can produce NaN in the same places as the answer.
-    (Written out because torch.allclose is slow on large tensors in this torch version.)
-    """
+    """Same shape and |a - b| <= atol + rtol |b|; NaN equals NaN (torch.allclose is slow here)."""
     if a.shape != b.shape:
         return False
     if not a.is_floating_point():
@@ -442,20 +363,20 @@ def _percent(share: float) -> str:
     return f"{share:.0%}"
 
 
+def _fail_if_not_finite(got: torch.Tensor, name: str, hint: str | None) -> None:
+    n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
+    if n_nan or n_inf:
+        fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
+             f"(out of {got.numel():,}).",
+             hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
+
+
 def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
                  rtol: float = 1e-4, atol: float = 1e-5,
                  bias: torch.Tensor | None = None,
                  known_mistakes: Mistakes = (),
                  hint: str | None = None) -> torch.Tensor:
-    """Compare a learner's tensor with the reference and explain any difference; return it.
-
-    Detects, in order: ``None`` or a non-tensor, a non-floating dtype, NaN/inf, an extra or
-    missing leading axis, a wrong shape (including "the right values with the axes in the
-    wrong order", e.g. the transpose), then for same-shaped tensors: a known mistake
-    (``(tensor, hint)`` pairs, or a function computing them, evaluated only now), the
-    transpose, a constant factor, a missing or doubled ``bias`` and finally the share of
-    values that match.
-    """
+    """Compare a learner's tensor with the reference and explain any difference; return it."""
     if got is None:
         fail(f"{name} is None, expected a tensor of shape {tuple(expected.shape)}.",
              "Did you forget the `return` statement?")
@@ -465,8 +386,7 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
         type_name = type(got).__module__.split(".")[0] + "." + type(got).__name__
         extra = " Convert with torch.from_numpy(...)." if type_name.startswith("numpy.") else ""
         fail(f"{name} should be a torch.Tensor, got {type_name}.{extra}", hint)
-    got = got.detach()
-    expected = expected.detach()
+    got, expected = got.detach(), expected.detach()
     if got.is_floating_point() != expected.is_floating_point():
         fail(f"{name} has dtype {got.dtype}, expected {expected.dtype}.",
              hint or "Integer tensors usually come from torch.tensor([...]) of ints "
@@ -475,13 +395,9 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
         got = got.to(expected.dtype)
     if got.shape == expected.shape and _close(got, expected, rtol, atol):
         return got
-    if got.is_floating_point():
-        n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
-        if (n_nan or n_inf) and got.shape != expected.shape:
-            fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
-                 f"(out of {got.numel():,}).",
-                 hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
     if got.shape != expected.shape:
+        if got.is_floating_point():
+            _fail_if_not_finite(got, name, hint)
         _explain_shape(got, expected, name, rtol, atol, hint)
     if not got.is_floating_point():
         frac = float((got == expected).float().mean())
@@ -493,14 +409,9 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
     largest = float(finite.max()) if finite.numel() else float("nan")
     head = (f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(share)} of "
             f"its values match the reference (largest difference {largest:.3g}).")
-    _fail_with_mistakes(head, _matching(
-        known_mistakes, lambda m: isinstance(m, torch.Tensor)
-        and _close(got, m.detach().to(got.dtype), rtol, atol)))
-    n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
-    if n_nan or n_inf:
-        fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
-             f"(out of {got.numel():,}).",
-             hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
+    _fail_with_mistakes(head, known_mistakes, lambda m: isinstance(m, torch.Tensor)
+                        and _close(got, m.detach().to(got.dtype), rtol, atol))
+    _fail_if_not_finite(got, name, hint)
     if expected.dim() == 2 and expected.shape[0] == expected.shape[1] \
             and _close(got, expected.T, rtol, atol):
         fail(f"{name} is the transpose of the expected matrix.",
@@ -514,15 +425,11 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
                  hint or "Look for a factor you applied twice, or one you forgot.")
     if bias is not None:
         b = bias.detach().to(got.dtype)
-        try:
-            if _close(expected - got, torch.broadcast_to(b, got.shape), rtol, atol):
-                fail(f"{name} differs from the expected values by exactly the bias.",
-                     "You forgot to add the bias.")
-            if _close(got - expected, torch.broadcast_to(b, got.shape), rtol, atol):
-                fail(f"{name} differs from the expected values by exactly the bias.",
-                     "You added the bias twice.")
-        except RuntimeError:  # bias not broadcastable: nothing to learn from it
-            pass
+        with contextlib.suppress(RuntimeError):  # a bias that does not broadcast tells nothing
+            for diff, advice in ((expected - got, "You forgot to add the bias."),
+                                 (got - expected, "You added the bias twice.")):
+                if _close(diff, torch.broadcast_to(b, got.shape), rtol, atol):
+                    fail(f"{name} differs from the expected values by exactly the bias.", advice)
     fail(head, hint)
 
 

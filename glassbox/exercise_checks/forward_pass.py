@@ -1,25 +1,10 @@
 """Checks for chapter 04, "Following a forward pass", and the reference they use.
 
-The reference is GPT-2's forward pass written from the raw ``state_dict`` tensors
-(:func:`reference_forward` and its parts). It is the one copy the checks use;
-tests/test_forward_pass_reimplementation.py holds it, and the lesson's own readable
-version, to transformers' logits within 1e-4.
-
-Every part takes a :class:`Variant`. Its defaults compute GPT-2 exactly; each other
-value is one of the usual mistakes (the Conv1D transpose, a missing 1/sqrt(d_head),
-a causal mask off by one, the LayerNorm epsilon, unbiased variance, exact GELU instead
-of GPT-2's tanh approximation, a forgotten residual or ``ln_f``...). A check computes
-the learner's output under each mistake from the loaded model's own weights, so it can
-say which mistake an answer matches, for whichever model is loaded. Mistakes are only
-computed once an answer has failed, so a right answer costs one reference pass.
-
-Each ``check_*`` function takes the learner's function, the loaded model and the
-tokenizer. Ground truth comes from the model itself (its modules and its logits);
-the reference reimplementation is used for the mistakes and for inputs the model
-cannot be run on (a modified state dict). Every check also runs the learner's function on
-a second, random GPT-2 whose sizes and epsilon all differ (``feedback.second_gpt2``), so
-the loaded model's numbers written in fail; while a block or a forward pass runs,
-transformers' own GPT-2 modules refuse to run, so the library cannot compute the answer.
+The reference is GPT-2's forward pass from the raw ``state_dict`` (:func:`reference_forward`
+and its parts; tests/test_forward_pass_reimplementation.py holds it to transformers' logits).
+Every part takes a :class:`Variant` whose defaults are GPT-2 and whose other values are the
+usual mistakes. Ground truth comes from the model's own modules; every check also runs on
+``feedback.second_gpt2``, and transformers' GPT-2 modules refuse to run inside a learner's block.
 """
 
 from __future__ import annotations
@@ -37,21 +22,10 @@ from glassbox.exercise_checks.feedback import (
     Mistakes, Refused, call_learner, check_tensor, close, fail, mistakes_from, passed, refusing,
     second_gpt2, unpack)
 
-__all__ = [
-    "CHECK_PROMPT",
-    "NEXT_TOKEN_PROMPT",
-    "Variant",
-    "check_attention_head",
-    "check_gpt2_forward",
-    "check_layer_norm",
-    "check_next_token_probs",
-    "check_transformer_block",
-    "reference_attention_head",
-    "reference_block",
-    "reference_forward",
-    "reference_layer_norm",
-    "reference_next_token_probs",
-]
+__all__ = ["CHECK_PROMPT", "NEXT_TOKEN_PROMPT", "Variant", "check_attention_head",
+           "check_gpt2_forward", "check_layer_norm", "check_next_token_probs",
+           "check_transformer_block", "reference_attention_head", "reference_block",
+           "reference_forward", "reference_layer_norm", "reference_next_token_probs"]
 
 #: The prompt the checks run (it fits TinyGPT's grammar, see glassbox/tinygpt/corpus.py).
 CHECK_PROMPT = "<|endoftext|>The cat ran to the garden. Mia found a red ball"
@@ -67,11 +41,7 @@ _LEARNER_HINTS: dict[type[BaseException], str] = {RuntimeError: _SHAPE_ERROR_HIN
 
 
 def _own_code_only() -> contextlib.AbstractContextManager[None]:
-    """While the learner's function runs, transformers' GPT-2 modules refuse to run.
-
-    A block or forward pass that loads ``sd`` into ``GPT2LMHeadModel``, or calls the loaded
-    model's modules, would copy the library's answer instead of computing it from the tensors.
-    """
+    """While the learner's function runs, transformers' GPT-2 modules refuse to run."""
     from transformers.models.gpt2 import modeling_gpt2 as library
 
     classes = (library.GPT2Model, library.GPT2Block, library.GPT2Attention, library.GPT2MLP)
@@ -86,51 +56,27 @@ _OWN_CODE_HINT = ("This exercise asks for the computation written out from the t
 
 @dataclass(frozen=True)
 class Variant:
-    """How to compute GPT-2's forward pass. The defaults are GPT-2's; each other value is a mistake.
+    """How to compute GPT-2's forward pass. The defaults are GPT-2's; each other value is a mistake."""
 
-    Attributes:
-        transpose_weights: multiply by ``W.T`` (nn.Linear's convention) instead of Conv1D's ``W``;
-            only square weights (``attn.c_proj``) run at all that way.
-        scale: ``"sqrt"`` divides the scores by sqrt(d_head); ``"none"`` and ``"d_head"`` are mistakes.
-        mask: ``"causal"`` lets position i see j <= i; ``"strict"`` excludes the diagonal (j < i),
-            ``"one_ahead"`` also lets it see i + 1, ``"none"`` sees everything, ``"after_softmax"``
-            zeroes the future after the softmax without renormalising.
-        mask_fill: the value written into masked scores (``-inf``; a large negative number is as good).
-        softmax_dim: ``-1`` normalises over keys (right); ``-2`` over queries.
-        swap_qk: scores as k @ q.T instead of q @ k.T.
-        split: ``"qkv_then_heads"`` (right: cut [q | k | v] first, then heads) or ``"heads_then_qkv"``.
-        qkv_bias: add ``c_attn``'s bias.
-        eps: LayerNorm epsilon; ``None`` uses the config's (or the argument's).
-        eps_outside_sqrt: divide by sqrt(var) + eps instead of sqrt(var + eps).
-        unbiased: divide the variance by n - 1 instead of n.
-        ln_axis: the axis LayerNorm normalises (``-1``, features; ``0`` is the sequence: a mistake).
-        ln_affine: apply LayerNorm's weight and bias.
-        activation: ``"gelu_new"`` (GPT-2's tanh approximation), ``"gelu"`` (exact, erf) or ``"relu"``.
-        attn_residual, mlp_residual: add the sublayer's output to the residual stream.
-        post_norm: normalise after adding (the original Transformer), not before each sublayer.
-        positions: ``"arange"`` adds wpe[0..seq-1]; ``"none"`` and ``"shifted"`` (1..seq) are mistakes.
-        ln_f: apply the final LayerNorm before the head.
-    """
-
-    transpose_weights: bool = False
-    scale: str = "sqrt"
-    mask: str = "causal"
-    mask_fill: float = float("-inf")
-    softmax_dim: int = -1
-    swap_qk: bool = False
-    split: str = "qkv_then_heads"
-    qkv_bias: bool = True
-    eps: float | None = None
-    eps_outside_sqrt: bool = False
-    unbiased: bool = False
-    ln_axis: int = -1
-    ln_affine: bool = True
-    activation: str = "gelu_new"
-    attn_residual: bool = True
-    mlp_residual: bool = True
-    post_norm: bool = False
-    positions: str = "arange"
-    ln_f: bool = True
+    transpose_weights: bool = False  # W.T (nn.Linear's convention); only square weights run so
+    scale: str = "sqrt"              # divide the scores by sqrt(d_head); or "none", "d_head"
+    mask: str = "causal"             # j <= i; "strict" j < i, "one_ahead", "none", "after_softmax"
+    mask_fill: float = float("-inf")  # written into masked scores
+    softmax_dim: int = -1            # over keys; -2 is over queries
+    swap_qk: bool = False            # scores k @ q.T
+    split: str = "qkv_then_heads"    # cut [q | k | v] first, then heads; or "heads_then_qkv"
+    qkv_bias: bool = True            # add c_attn's bias
+    eps: float | None = None         # LayerNorm epsilon; None: the config's (or the argument's)
+    eps_outside_sqrt: bool = False   # sqrt(var) + eps
+    unbiased: bool = False           # variance divided by n - 1
+    ln_axis: int = -1                # features; 0 is the sequence
+    ln_affine: bool = True           # apply LayerNorm's weight and bias
+    activation: str = "gelu_new"     # GPT-2's tanh GELU; "gelu" (exact, erf) or "relu"
+    attn_residual: bool = True       # add attention's output to the residual stream
+    mlp_residual: bool = True        # add the MLP's output to the residual stream
+    post_norm: bool = False          # normalise after adding (the original Transformer)
+    positions: str = "arange"        # wpe[0..seq-1]; "none", "shifted" (1..seq)
+    ln_f: bool = True                # the final LayerNorm before the head
 
 
 CORRECT = Variant()
@@ -201,11 +147,7 @@ def _patterns(q: torch.Tensor, k: torch.Tensor, variant: Variant) -> torch.Tenso
 def reference_attention_head(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
                              n_head: int, head: int, variant: Variant = CORRECT
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One head of GPT-2's attention on ``x`` (seq, d_model), already normalised by ln_1.
-
-    Returns ``(pattern, z)``: the (seq, seq) attention pattern and the head's output
-    z = pattern @ v, of shape (seq, d_head).
-    """
+    """One head of GPT-2's attention on ``x`` (seq, d_model), already normalised by ln_1."""
     q, k, v = _qkv_heads(x, w_qkv, b_qkv, n_head, variant)
     pattern = _patterns(q[head], k[head], variant)
     return pattern, pattern @ v[head]
@@ -248,10 +190,7 @@ def reference_block(x: torch.Tensor, sd: Mapping[str, torch.Tensor], layer: int,
 
 def reference_forward(input_ids: torch.Tensor, sd: Mapping[str, torch.Tensor], config: Any,
                       variant: Variant = CORRECT) -> torch.Tensor:
-    """GPT-2's logits (seq, vocab) for a 1-D tensor of token ids, from the state_dict alone.
-
-    The output layer is the token embedding (tied), so ``sd`` need not hold ``lm_head.weight``.
-    """
+    """GPT-2's logits (seq, vocab) for a 1-D tensor of token ids, from the state_dict alone."""
     ids = torch.as_tensor(input_ids).reshape(-1)
     seq = ids.shape[0]
     wte = sd["transformer.wte.weight"]
@@ -315,10 +254,8 @@ def _attention_mistakes() -> list[tuple[Variant, str]]:
 
 
 def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
-    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's, LayerNorm's.
-
-    With ``eps`` (the config's), LayerNorm with another usual epsilon is among them: it can be
-    told apart only where the activations' variance is near eps (the second model's).
+    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's,
+    LayerNorm's.
     """
     return [
         *(_eps_mistakes(eps, "config.layer_norm_epsilon") if eps is not None else
@@ -332,8 +269,7 @@ def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
         (Variant(activation="gelu"), "This is the exact GELU (erf); GPT-2 uses the tanh "
                                      "approximation, 'gelu_new': 0.5 * x * (1 + tanh(sqrt(2/pi) "
                                      "* (x + 0.044715 * x**3))), or F.gelu(x, approximate='tanh')."),
-        (Variant(activation="relu"), "This is ReLU; GPT-2's MLP uses GELU (the tanh "
-                                     "approximation)."),
+        (Variant(activation="relu"), "This is ReLU; GPT-2's MLP uses GELU (the tanh approximation)."),
         (Variant(attn_residual=False), "You forgot the residual around attention: the block adds "
                                        "attention's output to its input, x = x + attn(ln_1(x))."),
         (Variant(mlp_residual=False), "You forgot the residual around the MLP: x = x + "
@@ -407,11 +343,7 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _perturbed_state(sd: Mapping[str, torch.Tensor], layers: Iterable[int],
                      final: bool = False) -> dict[str, torch.Tensor]:
-    """A shallow copy of ``sd`` with a few small tensors changed (no large copy).
-
-    Running a function on it tells whether the function reads the state dict it is
-    given or the loaded model.
-    """
+    """A shallow copy of ``sd`` with a few small tensors changed (no large copy)."""
     out = dict(sd)
     gen = torch.Generator().manual_seed(4)
     names = [f"transformer.h.{layer}.{part}" for layer in layers
@@ -458,14 +390,7 @@ def _layer_norm_mistakes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
-    """Check ``layer_norm(x, weight, bias, eps)`` against the model's own LayerNorm modules.
-
-    Inputs: rows whose variance is about eps, where the epsilon matters (ln_2 of the last
-    block); a constant row (variance 0); the same rows with another eps, to see that the
-    argument is used; the residual stream entering block 0 (ln_1 of block 0); and the stream
-    entering block 0 of a second, random GPT-2 of another width and epsilon
-    (:func:`~glassbox.exercise_checks.feedback.second_gpt2`).
-    """
+    """Check ``layer_norm(x, weight, bias, eps)`` against the model's own LayerNorm modules."""
     ids = _prompt_ids(tokenizer, model)
     streams = _run_model(model, ids).streams
     other = second_gpt2(model)
@@ -554,13 +479,7 @@ def _check_head(attention_head: Callable[..., Any], label: str, x: torch.Tensor,
 
 def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
                          tokenizer: Any) -> None:
-    """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``.
-
-    ``x`` is ln_1 of the residual stream entering a block, for the check prompt. The
-    reference is computed from the block's own c_attn weights, for two heads of the loaded
-    model and one of a second, random GPT-2 with other head sizes; the outputs of all heads
-    of one layer, put through c_proj, are checked against the block's attention module.
-    """
+    """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``."""
     ids = _prompt_ids(tokenizer, model)
     n_head = model.config.n_head
     d_head = model.config.n_embd // n_head
@@ -622,13 +541,7 @@ def _check_block(transformer_block: Callable[..., Any], label: str, x: torch.Ten
 
 def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Module,
                             tokenizer: Any) -> None:
-    """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks.
-
-    The input is the residual stream entering the block and the expected output what the
-    model's own block returns (captured with hooks), for the loaded model and for block 0 of
-    a second, random GPT-2 with other sizes and another LayerNorm epsilon. A run on a state
-    dict with a few tensors changed checks that the answer reads the state dict it is given.
-    """
+    """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks."""
     ids = _prompt_ids(tokenizer, model)
     streams = _run_model(model, ids).streams
     sd = _model_state(model)
@@ -712,13 +625,7 @@ def _forward_answer(gpt2_forward: Callable[..., Any], ids: torch.Tensor,
 
 
 def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
-    """Check ``gpt2_forward(input_ids, sd, config) -> logits`` (seq, vocab) against the model.
-
-    Runs on the model's state dict; on the same without ``lm_head.weight`` (as a checkpoint
-    file stores a tied model); on a second, random GPT-2 with other sizes and another
-    LayerNorm epsilon; and on a state dict with a few tensors changed, compared with the
-    reference reimplementation, to check the answer reads ``sd``.
-    """
+    """Check ``gpt2_forward(input_ids, sd, config) -> logits`` (seq, vocab) against the model."""
     ids = _prompt_ids(tokenizer, model)
     sd = _model_state(model)
     config = model.config
@@ -765,11 +672,7 @@ def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, token
 
 def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Module,
                            tokenizer: Any) -> None:
-    """Check ``next_token_probs(logits, temperature, top_k)`` on the model's next-token logits.
-
-    The logits are the model's at the last position of NEXT_TOKEN_PROMPT; the cases cover
-    temperatures 1, 0.5 and 2, with and without top-k.
-    """
+    """Check ``next_token_probs(logits, temperature, top_k)`` on the model's next-token logits."""
     ids = _prompt_ids(tokenizer, model, NEXT_TOKEN_PROMPT)
     with torch.no_grad():
         logits = model(ids[None]).logits[0, -1]

@@ -1,43 +1,23 @@
 """Checks for chapter 01, "Open, open weights, or closed?".
 
-Each ``check_*`` function calls the learner's function and compares the result with a
-reference computed here: the classification by the check's own reading of the OSI Open
-Source AI Definition 1.0, the openness sums published in the two openness tables of
-``data/``, the cost of a workload at the dated prices of ``data/api_prices.csv``, and the
-licence terms in ``data/licences.csv`` (answered "yes", "no" or "unknown": unknown is never
-read as no, nor as yes).
-
-Known mistakes are computed from the same inputs with one step changed ("partial" counted
-as 0, a price per thousand tokens, the 700 million test applied to today's users, unknown
-read as no...), so their hints name the mistake for whichever case triggered it.
-
-(Counting Llama 3 8B's parameters from its config moved to chapter 02's checks, in
-``glassbox.exercise_checks.anatomy``.)
+References come from the check's own reading of the OSI Open Source AI Definition 1.0 and from
+``data/`` (the openness tables' sums, the dated prices of api_prices.csv, the licence terms of
+licences.csv, where "unknown" is its own answer). Each usual mistake is the reference with one
+step changed ("partial" as 0, a price per thousand tokens, today's users in the 700 million test).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from typing import Any
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes, call_learner, check_number, check_type, fail, mistakes_from, passed)
-from glassbox.paths import DATA_DIR
+    Mistakes, call_learner, check_number, check_type, data_rows, fail, mistakes_from, passed)
 
-__all__ = [
-    "ANSWERS",
-    "LABELS",
-    "MAU_COLUMN",
-    "check_api_cost",
-    "check_classify_release",
-    "check_licence_answer",
-    "check_openness_score",
-    "reference_api_cost",
-    "reference_classification",
-    "reference_licence_answer",
-]
+__all__ = ["ANSWERS", "LABELS", "MAU_COLUMN", "check_api_cost", "check_classify_release",
+           "check_licence_answer", "check_openness_score", "reference_api_cost",
+           "reference_classification", "reference_licence_answer"]
 
 LABELS = ("open source", "open weights", "open access", "closed")
 """The four answers of exercise 1."""
@@ -49,20 +29,10 @@ MAU_COLUMN = "separate_licence_if_mau_at_release_above"
 """data/licences.csv's column for Llama's 700 million clause: a test made once, on the release date."""
 
 
-def _rows(name: str) -> list[dict[str, str]]:
-    with (DATA_DIR / name).open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 # --------------------------------------------------------------------------- exercise 1
 
 def reference_classification(release: dict[str, bool]) -> str:
-    """Classify a release by its artefacts, following the OSI Open Source AI Definition 1.0.
-
-    Open source needs all three required components (parameters, complete training code,
-    data information) under OSI-approved terms; anything less with the weights out is
-    open weights; no weights but an API is open access; nothing is closed.
-    """
+    """Classify a release by its artefacts, following the OSI Open Source AI Definition 1.0."""
     if release["weights"] and release["training_code"] and release["data_information"] \
             and release["osi_licence"]:
         return "open source"
@@ -81,7 +51,7 @@ def _release(weights: bool, code: bool, data: bool, osi: bool, api: bool) -> dic
 def _release_cases() -> list[tuple[str, dict[str, bool]]]:
     """Releases to classify. OSI approval and weights come from data/licences.csv; code and
     data follow the "opencode" and "llmdata" columns of "Opening up ChatGPT"."""
-    licences = {row["model"]: row for row in _rows("licences.csv")}
+    licences = {row["model"]: row for row in data_rows("licences.csv")}
 
     def osi(model: str) -> bool:
         return licences[model]["osi_approved"] == "yes"
@@ -175,7 +145,7 @@ _SCORES = {"open": 1.0, "partial": 0.5, "closed": 0.0}
 
 
 def _table(name: str, n_dimensions: int, sum_column: str) -> tuple[list[str], list[dict[str, str]]]:
-    rows = _rows(name)
+    rows = data_rows(name)
     columns = list(rows[0])
     dimensions = [c for c in columns if all(r[c] in _SCORES for r in rows)]
     if len(dimensions) != n_dimensions:
@@ -189,13 +159,7 @@ def _table(name: str, n_dimensions: int, sum_column: str) -> tuple[list[str], li
 
 
 def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], float]) -> None:
-    """Check ``openness_score(row, dimensions) -> float`` against the published sums.
-
-    Every row of both openness tables is scored; the reference is the table's own sum
-    column (``openness_sum_of_14``, ``sum_of_12``), which the check first confirms follows
-    open = 1, partial = 0.5, closed = 0. The learner's function gets the row without its
-    totals (the sum and the percentage), so it cannot copy them.
-    """
+    """Check ``openness_score(row, dimensions) -> float`` against the published sums."""
     tables = [("openness_opening_up_chatgpt.csv", 14, "openness_sum_of_14", "llmbase"),
               ("openness_osai_index.csv", 12, "sum_of_12", "name")]
     n_rows = 0
@@ -236,10 +200,8 @@ PER = 1_000_000
 def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: int, *,
                        input_price: str = "usd_per_1m_input",
                        output_price: str = "usd_per_1m_output", per: float = PER) -> float:
-    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of data/api_prices.csv.
-
-    The keyword arguments name the price columns and the unit; their defaults are right, and
-    each usual mistake is this function with one of them changed.
+    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of
+    data/api_prices.csv.
     """
     return (input_tokens * float(row[input_price]) + output_tokens * float(row[output_price])) / per
 
@@ -272,12 +234,10 @@ def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
 
 
 def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:
-    """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every row of data/api_prices.csv.
-
-    Workloads have different input and output counts, so swapped prices, a forgotten side
-    and a per-thousand reading give different numbers, each named by its hint.
+    """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every row of
+    data/api_prices.csv.
     """
-    rows = _rows("api_prices.csv")
+    rows = data_rows("api_prices.csv")
     workloads = [(1_000, 200, "a 1,000-token prompt with a 200-token answer"),
                  (30 * 500 * 1_200, 30 * 500 * 300, "a month of 500 chats a day (1,200 tokens in, 300 out each)"),
                  (0, 1, "a single output token")]
@@ -303,12 +263,8 @@ _OUTPUTS = {"allowed": "yes", "allowed with conditions": "yes", "forbidden": "no
 
 def reference_licence_answer(row: dict[str, str], users_at_release: int, users_now: int,
                              train_other_model: bool) -> str:
-    """'yes', 'no' or 'unknown': may this company use the weights commercially (and train on outputs)?
-
-    The 700 million clause compares the monthly active users of the month before the
-    licence's release date (``users_at_release``) with the threshold, once: ``users_now`` is
-    never part of the test. Anything the row does not establish ("unknown", "n/a") makes the
-    answer "unknown", unless another term already says no.
+    """'yes', 'no' or 'unknown': may this company use the weights commercially (and train on
+    outputs)?
     """
     if row["weights_released"] != "yes":
         return "no"
@@ -335,12 +291,7 @@ SITUATIONS = [
 
 
 def _made_up_licences(columns: list[str]) -> list[dict[str, str]]:
-    """Licences that no real row is, where one column alone decides the answer.
-
-    In data/licences.csv some columns always move together (commercial use and the outputs
-    clause are unknown together; a release without weights has no other terms), so these
-    rows take them apart.
-    """
+    """Licences that no real row is, where one column alone decides the answer."""
     def row(name: str, weights: str, commercial: str, outputs: str, threshold: str = "") -> dict[str, str]:
         made = {column: "" for column in columns}
         made.update({"model": name, "licence": "made up for this check", "osi_approved": "no",
@@ -359,14 +310,10 @@ def _made_up_licences(columns: list[str]) -> list[dict[str, str]]:
 
 
 def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, bool], str]) -> None:
-    """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> 'yes' | 'no' | 'unknown'``.
-
-    Every row of data/licences.csv, and five made-up rows in which one column alone decides,
-    meets six situations, among them a start-up that grew
-    past 700 million after the release (still "yes" under Llama's one-time test) and the
-    rows whose terms the course's sources leave open (the answer is "unknown", never "no").
+    """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> 'yes' | 'no' |
+    'unknown'``.
     """
-    rows = _rows("licences.csv")
+    rows = data_rows("licences.csv")
     rows += _made_up_licences(list(rows[0]))
     for row in rows:
         for at_release, now, train, who in SITUATIONS:

@@ -1,22 +1,9 @@
 """Checks for chapter 03, "Looking at the weights".
 
-Each ``check_*`` function takes the learner's function and the loaded model (and its
-tokenizer where words are involved), calls it, and compares the result with a reference
-computed here from the same weights: never a number typed in. A second input made up on
-the spot (random embeddings with very different lengths, positions with a large common
-offset, matrices whose effective rank is known exactly) makes the usual mistakes visible
-even when the loaded model happens to hide them.
-
-An in-place edit of a tensor the learner's function receives (``E /= norms``) is named and
-undone (``feedback.call_learner(protect=...)``); ``qk_singular_values`` must also leave the
-model's gradients and mode as they were, and runs on a second, random GPT-2 with other head
-sizes (``feedback.second_gpt2``).
-
-Known mistakes (dot product instead of cosine, the query's own tokens left in, PCA without
-centring, squared singular values, a d_head x d_head product...) are recomputed from the
-same inputs with that one mistake, so their hints fire for whichever model is loaded.
-Mistakes are computed only after an answer has failed, which keeps the checks fast at
-GPT-2 scale.
+References are computed from the same weights; inputs made up here (embeddings of very
+different lengths, positions with a large offset, matrices of known effective rank) expose
+mistakes the loaded model can hide, and ``qk_singular_values`` also runs on
+``feedback.second_gpt2``. Mistakes are computed only after an answer has failed.
 """
 
 from __future__ import annotations
@@ -33,17 +20,9 @@ from torch import nn
 from glassbox.exercise_checks.feedback import (
     call_learner, check_number, check_tensor, close, fail, passed, second_gpt2, unpack)
 
-__all__ = [
-    "check_effective_rank",
-    "check_nearest_neighbours",
-    "check_position_pca",
-    "check_qk_singular_values",
-    "fresh_init",
-    "reference_effective_rank",
-    "reference_nearest_neighbours",
-    "reference_position_pca",
-    "reference_qk_singular_values",
-]
+__all__ = ["check_effective_rank", "check_nearest_neighbours", "check_position_pca",
+           "check_qk_singular_values", "fresh_init", "reference_effective_rank",
+           "reference_nearest_neighbours", "reference_position_pca", "reference_qk_singular_values"]
 
 #: The seed of the random initialisation the checks compare against (TinyGPT's training seed).
 FRESH_SEED = 0
@@ -55,12 +34,7 @@ _Check = TypeVar("_Check", bound=Callable[..., None])
 
 
 def _one_thread(check: _Check) -> _Check:
-    """Run a check (and the learner's function inside it) on one CPU thread.
-
-    These checks do many small SVDs. On a CPU that other programs also use, two threads
-    that must wait for each other at every step of an SVD can be ten times slower than
-    one thread alone; the previous thread count is restored afterwards.
-    """
+    """Run a check on one CPU thread: many small SVDs on a shared CPU are up to 10x slower on two."""
     @functools.wraps(check)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         threads = torch.get_num_threads()
@@ -74,12 +48,7 @@ def _one_thread(check: _Check) -> _Check:
 
 def fresh_init(config: Any, seed: int = FRESH_SEED,
                dtype: torch.dtype = torch.float16) -> nn.Module:
-    """A freshly initialised ``GPT2LMHeadModel(config)``: the same shape before any training.
-
-    Built under ``torch.manual_seed(seed)`` without disturbing the caller's random state,
-    and in ``dtype`` (float16 by default: half the memory of float32, which matters at
-    GPT-2 scale; convert a tensor with ``.float()`` before computing with it).
-    """
+    """A seeded fresh ``GPT2LMHeadModel(config)`` in ``dtype`` (float16: ``.float()`` before use)."""
     from transformers import GPT2LMHeadModel
 
     previous = torch.get_default_dtype()
@@ -101,12 +70,7 @@ def _token_text(tokenizer: Any, token_id: int) -> str:
 
 def reference_nearest_neighbours(text: str, embeddings: torch.Tensor, tokenizer: Any,
                                  k: int) -> tuple[list[int], torch.Tensor]:
-    """The ``k`` token ids most cosine-similar to ``text``'s vector, most similar first.
-
-    ``text`` is encoded exactly as given; a text of several tokens is represented by the
-    mean of their embeddings, and its own tokens are left out of the answer. Returns the
-    ids and the cosine similarity of every token (own tokens set to -inf).
-    """
+    """The ``k`` ids nearest (cosine) to the mean vector of ``text``'s ids (excluded), and all sims."""
     ids = tokenizer.encode(text)
     query = embeddings[ids].mean(dim=0)
     sims = _cosine_to_all(embeddings, query)
@@ -224,13 +188,7 @@ def _nearest_mistakes(text: str, embeddings: torch.Tensor, tokenizer: Any, k: in
 @_one_thread
 def check_nearest_neighbours(nearest_neighbours: Callable[..., Any], model: nn.Module,
                              tokenizer: Any) -> None:
-    """Check ``nearest_neighbours(text, embeddings, tokenizer, k) -> list[int]``.
-
-    Cases: a one-token word and a word of several tokens in the loaded model's token
-    embeddings, and the same two words in random embeddings whose rows have very
-    different lengths (where a dot product and a cosine disagree). A correct answer has
-    the k largest cosine similarities, most similar first; ties are accepted in any order.
-    """
+    """Check ``nearest_neighbours(text, embeddings, tokenizer, k) -> list[int]``."""
     wte = model.transformer.wte.weight.detach()
     vocab = wte.shape[0]
     single = _pick_word(tokenizer, (" dog", " red", " water", " the"), n_tokens=1)
@@ -294,10 +252,7 @@ def _pick_word(tokenizer: Any, candidates: Sequence[str], n_tokens: int | None) 
 
 def reference_position_pca(positions: torch.Tensor, n_components: int
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred PCA of the rows of ``positions``.
-
-    Returns the coordinates (P, n) and the explained-variance ratios (n,).
-    """
+    """Centred PCA of the rows of ``positions``: coordinates (P, n), variance ratios (n,)."""
     x = positions.double()
     centred = x - x.mean(dim=0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -365,13 +320,7 @@ def _match_up_to_sign(got: torch.Tensor, candidate: torch.Tensor, rtol: float, a
 
 @_one_thread
 def check_position_pca(position_pca: Callable[..., Any], model: nn.Module) -> None:
-    """Check ``position_pca(positions, n_components) -> (coords, ratios)``.
-
-    Cases: the loaded model's position embeddings with 3 components, and a small matrix
-    with a large common offset (where forgetting to centre changes everything) with 2.
-    Coordinates are compared column by column up to their sign: a principal axis points
-    either way, and both are right.
-    """
+    """Check ``position_pca(positions, n_components) -> (coords, ratios)``."""
     wpe = model.transformer.wpe.weight.detach()
     generator = torch.Generator().manual_seed(4)
     offset = torch.randn(8, generator=generator) * 5
@@ -481,13 +430,7 @@ def _effective_rank_mistakes(matrix: torch.Tensor) -> list[tuple[float, str]]:
 
 @_one_thread
 def check_effective_rank(effective_rank: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
-    """Check ``effective_rank(matrix) -> float`` on trained-or-not weights and known cases.
-
-    Cases: a diagonal matrix with equal singular values (effective rank = its size), a
-    matrix of rank 3 (zero singular values, where 0·log 0 must count as 0), five weight
-    matrices of the loaded model and the same five of a fresh random initialisation of
-    the same config (``fresh_init``). The message reports how the two compare.
-    """
+    """Check ``effective_rank(matrix) -> float`` on trained-or-not weights and known cases."""
     n_layer = model.config.n_layer
     picks = [("wpe", lambda m: m.transformer.wpe.weight),
              ("h.0.attn.c_attn", lambda m: m.transformer.h[0].attn.c_attn.weight),
@@ -612,14 +555,7 @@ def _check_qk_head(qk_singular_values: Callable[..., Any], model: nn.Module, lay
 
 @_one_thread
 def check_qk_singular_values(qk_singular_values: Callable[..., Any], model: nn.Module) -> None:
-    """Check ``qk_singular_values(model, layer, head) -> Tensor (d_head,)``, largest first.
-
-    Cases: the first head of the first layer, the last head of the last layer, and one in
-    the middle, then the last head of a second, random GPT-2 with other sizes
-    (:func:`~glassbox.exercise_checks.feedback.second_gpt2`). The reference takes head h's
-    columns of c_attn's query and key blocks. The function must leave the model as it was:
-    weights, gradients and training mode.
-    """
+    """Check ``qk_singular_values(model, layer, head) -> Tensor (d_head,)``, largest first."""
     n_layer, n_head = model.config.n_layer, model.config.n_head
     d_head = model.config.n_embd // n_head
     cases = sorted({(0, 0), (n_layer // 2, n_head // 2), (n_layer - 1, n_head - 1)})

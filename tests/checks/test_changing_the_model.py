@@ -793,4 +793,62 @@ def test_second_configuration_differs_from_the_loaded_ones(tinygpt) -> None:
     for key in ("n_layer", "n_head", "n_embd", "layer_norm_epsilon"):
         assert getattr(other.config, key) != getattr(model.config, key), key
     assert other.config.n_embd // other.config.n_head != model.config.n_embd // model.config.n_head
-    assert any(float(p.abs().max()) > 0 for n, p in other.named_parameters() if n.endswith("attn.bias"))
+    assert any(float(p.detach().abs().max()) > 0 for n, p in other.named_parameters() if n.endswith("attn.bias"))
+    assert other.config.vocab_size != model.config.vocab_size
+
+
+# GPT-2's vocabulary written in: every course model has 50,257 tokens, so only the second
+# model's other vocabulary (changing.SECOND_VOCAB) catches it.
+
+def loss_with_gpt2s_vocabulary(m, ids):
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, 50257), ids[:, 1:].reshape(-1)).item()
+
+
+def suppress_with_gpt2s_vocabulary(m, token_ids):
+    edited = copy.deepcopy(m)
+    bias = torch.zeros(50257)
+    bias[token_ids] = float("-inf")
+    edited.lm_head.bias = nn.Parameter(bias, requires_grad=False)
+    return edited
+
+
+def step_with_gpt2s_vocabulary(m, optimizer, ids):
+    optimizer.zero_grad()
+    logits = m(input_ids=ids).logits
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, 50257), ids[:, 1:].reshape(-1))
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("check, wrong, hint", [
+    (check_heldout_loss, loss_with_gpt2s_vocabulary, "second model with other sizes"),
+    (check_suppress_tokens, suppress_with_gpt2s_vocabulary, "one value per token (1000)"),
+    (check_training_step, step_with_gpt2s_vocabulary, "second model with other sizes"),
+])
+def test_gpt2s_vocabulary_written_in_is_caught_by_the_second_model(tinygpt, check, wrong, hint) -> None:
+    model, tokenizer = tinygpt
+    assert model.config.vocab_size == 50257  # why the loaded model alone cannot catch it
+    fails_with(check, wrong, model, tokenizer, match=hint)
+
+
+def quantize_unguarded(weight):
+    scale = weight.abs().amax(dim=1) / 127
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def test_quantize_rows_unguarded_zero_row_is_named(model) -> None:
+    q, _ = quantize_unguarded(torch.zeros(2, 4))  # on this machine NaN happens to become 0 in int8
+    assert not bool(q.any())
+    fails_with(check_quantize_rows, quantize_unguarded, model, match="all-zero row (row 300) went "
+                                                                     "through 0 / 0")
+
+
+def test_quantize_rows_guarded_with_where_passes(model, capsys) -> None:
+    def where_guard(weight):  # computes 0 / 0, then throws it away before the conversion
+        scale = weight.abs().amax(dim=1) / 127
+        q = torch.where(scale[:, None] > 0, torch.round(weight / scale[:, None]), 0.0)
+        return q.clamp(-127, 127).to(torch.int8), scale
+    passes(check_quantize_rows, where_guard, model, capsys=capsys)
