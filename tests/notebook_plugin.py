@@ -24,11 +24,16 @@ pytest on a notebook outside the repository). It does four things:
    ``make test-quick`` runs ``-m "not notebook and not slow"``.
 4. **Where the time went.** At the end, the seconds spent in each kind of test (summed over
    workers) and the wall-clock time of the whole run.
+5. **One torch thread per worker.** A test that raises torch's thread count (a training recipe
+   sets its own) has it put back after the test, so the tests after it on that worker do not run
+   with two threads competing with the other worker for two cores.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -62,8 +67,6 @@ SLOW_TESTS = SERVER_MODULES + (
     "tests/test_tinygpt_chat.py::test_the_same_seed_gives_bit_identical_weights",
     "tests/test_tinygpt_chat.py::test_the_shipped_run_began_like_a_fresh_run",
     "tests/test_tinygpt_chat.py::test_lora_",
-    "tests/test_tinygpt.py::test_once_seen_members_appear_exactly_once",
-    "tests/test_tinygpt.py::test_member_sentences_have_lower_loss_than_heldout",
     "tests/test_book.py::",
     "tests/test_colab.py::test_set_up_cell_in_a_stand_in_colab",
     "tests/test_loader.py::test_untrained_gpt2",
@@ -149,6 +152,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     if isinstance(item, IPyNbCell):
         record_cell(_CELL_RESULTS[str(item.path)], item, outcome.get_result())
+
+
+_TORCH_THREADS = int(os.environ.get("OMP_NUM_THREADS") or 1)  # the recording environment's
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    torch = sys.modules.get("torch")  # never imported here for a test that did not import it
+    if torch is not None and torch.get_num_threads() != _TORCH_THREADS:
+        torch.set_num_threads(_TORCH_THREADS)
 
 
 # ------------------------------------------------------------------ collection: order and groups

@@ -66,9 +66,9 @@ def test_once_seen_members_appear_exactly_once():
     once = corpus.member_once_sentences()
     assert len(once) == len(set(once)) == corpus.MEMBER_ONCE_COUNT
     assert not set(once) & (set(corpus.member_sentences()) | set(corpus.heldout_sentences()))
-    text = corpus.training_text()
+    text, validation = corpus.training_text(), corpus.validation_text()
     assert all(text.count(sentence) == 1 for sentence in once)
-    assert all(sentence not in corpus.validation_text() for sentence in once)
+    assert all(sentence not in validation for sentence in once)
     assert list(corpus.member_sets()) == ["seen 10 times", "seen once", "never seen"]
 
 
