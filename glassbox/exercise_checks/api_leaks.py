@@ -1,19 +1,6 @@
-"""Checks for chapter 07, "What leaks through the API".
-
-Each ``check_*`` function calls the learner's function and compares its answer with a
-reference computed here, from the loaded model or from data built with a fixed seed:
-never a number typed in. The usual mistakes are recognised by computing what the same
-reference gives with that one mistake made (an off-by-one in the singular-value index,
-log-probabilities not centred, the bias not subtracted, ties not counted half...).
-
-The references are public, so the tests (and the chapter's attack test) can use them:
-
-- :func:`reference_hidden_size`: the hidden size read off the singular values;
-- :func:`reference_logit_differences`: logit differences from top-k log-probabilities
-  returned under a ``logit_bias``;
-- :func:`reference_auc`: the area under the ROC curve by the rank (Mann-Whitney) formula;
-- :func:`reference_zlib_ratio`: a text's loss divided by its zlib-compressed length.
-"""
+"""Checks for chapter 07, "What leaks through the API": each reference is computed from the loaded model or
+from data built with a fixed seed, and each usual mistake from the same reference with one step changed. The
+references are public, for the tests and the chapter's attack test."""
 
 from __future__ import annotations
 
@@ -26,27 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from glassbox.exercise_checks.feedback import (
-    as_number,
-    call_learner,
-    check_number,
-    check_type,
-    fail,
-    passed,
-    second_gpt2,
-)
+from glassbox.exercise_checks.feedback import as_number, call_learner, check_number, check_type, fail, passed, second_gpt2
 from glassbox.measure import sentence_loss
 
-__all__ = [
-    "check_auc",
-    "check_estimate_hidden_size",
-    "check_logit_differences",
-    "check_zlib_ratio",
-    "reference_auc",
-    "reference_hidden_size",
-    "reference_logit_differences",
-    "reference_zlib_ratio",
-]
+__all__ = ["check_auc", "check_estimate_hidden_size", "check_logit_differences", "check_zlib_ratio", "reference_auc",
+           "reference_hidden_size", "reference_logit_differences", "reference_zlib_ratio"]
 
 #: Largest logit matrix (rows x columns) the checks build; above it, a random subset of
 #: columns is kept (any m > h columns of a rank-h matrix have rank h).
@@ -55,25 +26,12 @@ _MAX_MATRIX_ENTRIES = 20_000_000
 
 # --------------------------------------------------------------------------- references
 
-def _singular_values(vectors: torch.Tensor) -> torch.Tensor:
-    """Singular values (largest first, float64) of the rows minus their first column."""
-    matrix = vectors.detach().to(torch.float64)
-    matrix = matrix - matrix[:, :1]  # log-prob differences = logit differences
-    return torch.linalg.svdvals(matrix)
-
-
 def reference_hidden_size(vectors: torch.Tensor) -> int:
-    """Estimate the hidden size h from an (n, m) matrix of logits or log-probabilities.
-
-    Every row is one prompt's scores for the same m tokens, with n > h and m > h. The
-    first column is subtracted from every column (this removes a per-row constant such
-    as the log-normaliser of log-probabilities), then the singular values
-    lambda_1 >= lambda_2 >= ... are computed. lambda_1/lambda_2 is skipped: it measures
-    the average row that all prompts share, not h. The estimate is the i >= 2 with the
-    largest ratio lambda_i / lambda_(i+1): the number of singular values above the cliff.
-    """
-    s = _singular_values(vectors)
-    s = s.clamp_min(torch.finfo(torch.float64).tiny)
+    """The hidden size h of an (n, m) matrix of logits or log-probabilities (n, m > h): with the first column
+    subtracted (log-prob differences are logit differences), the i >= 2 with the largest lambda_i / lambda_(i+1)
+    (lambda_1 / lambda_2 measures the average row all prompts share, not h)."""
+    matrix = vectors.detach().to(torch.float64)
+    s = torch.linalg.svdvals(matrix - matrix[:, :1]).clamp_min(torch.finfo(torch.float64).tiny)
     if s.numel() < 4:
         raise ValueError(f"Need at least 4 rows and columns to find a drop, got {tuple(vectors.shape)}.")
     ratios = s[1:-1] / s[2:]  # ratios[j] = lambda_(j+2) / lambda_(j+3), 1-based
@@ -82,11 +40,8 @@ def reference_hidden_size(vectors: torch.Tensor) -> int:
 
 def reference_logit_differences(top_logprobs: Mapping[str, float], logit_bias: Mapping[int, float],
                                 token_ids: Mapping[str, int], reference_id: int) -> dict[int, float]:
-    """Logit differences ``logit(t) - logit(reference)`` for every biased token ``t`` in the top k.
-
-    Under a bias b, log p(t) = logit(t) + b(t) - log Z, with one normaliser Z for the
-    whole vector; so (log p(t) - b(t)) - (log p(ref) - b(ref)) = logit(t) - logit(ref).
-    """
+    """``logit(t) - logit(reference)`` for every biased token ``t`` in the top k: under a bias b,
+    log p(t) = logit(t) + b(t) - log Z, so (log p(t) - b(t)) - (log p(ref) - b(ref)) is that difference."""
     unbiased = {token_ids[s]: lp - logit_bias[token_ids[s]] for s, lp in top_logprobs.items()
                 if s in token_ids and token_ids[s] in logit_bias}
     if reference_id not in unbiased:
@@ -96,32 +51,18 @@ def reference_logit_differences(top_logprobs: Mapping[str, float], logit_bias: M
 
 
 def reference_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties counted half.
-
-    Rank all scores together (ties get their average rank); with R the sum of the
-    members' ranks, U = R - n1 (n1 + 1) / 2 and AUC = U / (n1 n0): the probability that a
-    random member scores higher than a random non-member.
-    """
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties counted half (average ranks)."""
     members = [float(x) for x in member_scores]
     others = [float(x) for x in nonmember_scores]
     n1, n0 = len(members), len(others)
     if n1 == 0 or n0 == 0:
         raise ValueError("need at least one member and one non-member score")
     pooled = sorted(members + others)
-    first_rank: dict[float, int] = {}
-    counts = Counter(pooled)
+    counts, first_rank = Counter(pooled), {}
     for rank, value in enumerate(pooled, start=1):
         first_rank.setdefault(value, rank)
-    average_rank = {v: first_rank[v] + (counts[v] - 1) / 2 for v in counts}
-    rank_sum = sum(average_rank[v] for v in members)
-    u = rank_sum - n1 * (n1 + 1) / 2
-    return u / (n1 * n0)
-
-
-def _tied_pair_fraction(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
-    """The fraction of (member, non-member) pairs with equal scores."""
-    a, b = Counter(float(x) for x in member_scores), Counter(float(x) for x in nonmember_scores)
-    return sum(a[v] * b[v] for v in a) / (sum(a.values()) * sum(b.values()))
+    rank_sum = sum(first_rank[v] + (counts[v] - 1) / 2 for v in members)
+    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
 def reference_zlib_ratio(model: nn.Module, tokenizer: Any, text: str) -> float:
@@ -132,12 +73,8 @@ def reference_zlib_ratio(model: nn.Module, tokenizer: Any, text: str) -> float:
 # --------------------------------------------------------------------------- exercise 1
 
 def _low_rank_matrix(n: int, m: int, rank: int, *, row_offsets: bool, seed: int) -> torch.Tensor:
-    """An (n, m) matrix of rank ``rank`` plus noise, shaped like a stack of log-prob vectors.
-
-    A large shared row (like the average logits every prompt shares) plus ``rank - 1``
-    varying directions, plus noise; with ``row_offsets`` each row also gets its own
-    constant, as log-probabilities do (their log-normaliser).
-    """
+    """An (n, m) matrix like stacked log-probs: a large shared row, ``rank - 1`` varying directions and noise;
+    with ``row_offsets`` each row also gets its own constant, as log-probabilities do (their log-normaliser)."""
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64
     scales = torch.logspace(0, -1, rank - 1, dtype=dtype)
@@ -184,18 +121,11 @@ def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch
 
 def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any],
                                model: nn.Module) -> None:
-    """Check ``estimate_hidden_size(logprobs) -> int`` on matrices of known rank and on the model.
-
-    Two synthetic (n, m) matrices of known rank k, one without and one with a constant
-    added to each row, must give exactly k. The loaded model's log-probabilities for
-    ``n_embd + 16`` random prompts must give ``n_embd`` or ``n_embd - 1`` (see the lesson:
-    a LayerNorm with zero bias removes one direction, and float32 rounding can hide the
-    smallest one).
-    """
+    """Check ``estimate_hidden_size(logprobs) -> int`` on matrices of known rank and on two models' log-probs
+    (where ``n_embd`` or ``n_embd - 1`` is accepted: a LayerNorm with zero bias removes one direction)."""
     n, m, rank = 40, 300, 13
     plain = _low_rank_matrix(n, m, rank, row_offsets=False, seed=7)
     shifted = _low_rank_matrix(n, m, rank, row_offsets=True, seed=7)
-    name = "estimate_hidden_size"
     got_plain = _estimate(estimate_hidden_size, plain, f"a {n} x {m} matrix of rank {rank}")
     got_shifted = _estimate(estimate_hidden_size, shifted,
                             "the same matrix with a constant added to each row")
@@ -240,7 +170,7 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
         h = int(lm.config.n_embd)
         logprobs = _model_logprobs(lm, h + 16, seed=0)
         got_model = _estimate(estimate_hidden_size, logprobs, f"{who}'s log-probabilities")
-        if got_model not in {h, h - 1, reference_hidden_size(logprobs)}:
+        if got_model not in {h, h - 1} and got_model != reference_hidden_size(logprobs):  # SVD only if needed
             fail(f"On {who}'s log-probabilities for {h + 16} random prompts (shape "
                  f"{tuple(logprobs.shape)}), you estimated {got_model}; its config says n_embd = "
                  f"{h}, and {h} or {h - 1} is accepted.",
@@ -256,17 +186,13 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
 
 def _word_tokens(tokenizer: Any, count: int, seed: int) -> list[int]:
     """``count`` token ids whose decoded strings are ' ' + letters, distinct from one another."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = len(tokenizer)
-    chosen: list[int] = []
-    seen: set[str] = set()
-    for token in torch.randperm(vocab, generator=g).tolist():
+    chosen: dict[str, int] = {}
+    for token in torch.randperm(len(tokenizer), generator=torch.Generator().manual_seed(seed)).tolist():
         text = tokenizer.decode([token])
-        if text.startswith(" ") and text[1:].isalpha() and text.isascii() and text not in seen:
-            chosen.append(token)
-            seen.add(text)
+        if text.startswith(" ") and text[1:].isalpha() and text.isascii():
+            chosen.setdefault(text, token)
             if len(chosen) == count:
-                return chosen
+                return list(chosen.values())
     raise RuntimeError("not enough word tokens in the vocabulary")
 
 
@@ -277,23 +203,15 @@ def _biased_top_k(model: nn.Module, tokenizer: Any, prompt: str, logit_bias: dic
     with torch.no_grad():
         logits = model(ids, logits_to_keep=1).logits[0, -1].float()
     bias = torch.zeros_like(logits)
-    for token, value in logit_bias.items():
-        bias[token] = value
-    logprobs = (logits + bias).log_softmax(-1)
-    top = logprobs.topk(k)
+    bias[list(logit_bias)] = torch.tensor(list(logit_bias.values()))
+    top = (logits + bias).log_softmax(-1).topk(k)
     return {tokenizer.decode([t]): float(v) for v, t in zip(top.values, top.indices.tolist())}, logits
 
 
 def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Module,
                             tokenizer: Any) -> None:
-    """Check ``logit_differences(top_logprobs, logit_bias, token_ids, reference_id) -> dict``.
-
-    Three API-like responses are built from the loaded model, as a pre-2024 API returned
-    them (the top 5 log-probabilities computed with the bias applied): five biased tokens
-    with different biases; six biased tokens, so one misses the top 5; three biased
-    tokens, so the top 5 also holds two tokens nobody biased. The answer must match the
-    model's true logit differences (to 1e-3).
-    """
+    """Check ``logit_differences(top_logprobs, logit_bias, token_ids, reference_id) -> dict`` on top-5 answers
+    built from the loaded model as a pre-2024 API returned them (the bias applied), to 1e-3."""
     tokens = _word_tokens(tokenizer, 14, seed=3)
     cases = [
         ("a different bias on each of 5 tokens", "The teacher said that",
@@ -343,37 +261,33 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
             continue
         top_id = token_ids[max((s for s in top if s in token_ids), key=top.get)]
         first_id = next(iter(bias))
-        mistakes = {
-            "forgot the bias": {t: expected[t] + bias[t] - bias[reference_id] for t in expected},
-            "raw logprobs": {t: top[tokenizer.decode([t])] for t in expected},
-            "unbiased logprobs": {t: top[tokenizer.decode([t])] - bias[t] for t in expected},
-            "sign": {t: -expected[t] for t in expected},
-            "bias added": {t: expected[t] + 2 * (bias[t] - bias[reference_id]) for t in expected},
-            "no reference": {t: top[tokenizer.decode([t])] - ref_lp for t in expected},
-            "top as reference": {t: expected[t] - expected[top_id] for t in expected},
-            "first as reference": {t: expected[t] - expected.get(first_id, 0.0) for t in expected},
-        }
-        hints = {
-            "forgot the bias": "Subtract each token's own bias before taking the difference: the "
-                               "returned logprob is logit + bias - log Z. (With equal biases it "
-                               "cancels, which is why this case gives each token a different one.)",
-            "raw logprobs": "These are the log-probabilities as returned. Subtract each token's bias, "
-                            "then the reference's (logit - bias) value: differences cancel log Z.",
-            "unbiased logprobs": "You subtracted the bias but not the reference: logit + (-log Z) still "
-                                 "contains the normaliser. Subtract the reference token's value too.",
-            "sign": "The sign is reversed: return logit(token) - logit(reference).",
-            "bias added": "You added the bias instead of subtracting it.",
-            "top as reference": "You took the most likely token as the reference. Subtract the value "
-                                "of reference_id, the token you are given, whichever its rank.",
-            "first as reference": "You took the first biased token as the reference. Subtract the "
-                                  "value of reference_id, the token you are given.",
-            "no reference": "Logprob differences are logit differences only once each token's bias is "
-                            "removed: subtract logit_bias[token] from each logprob first.",
-        }
-        for key, wrong in mistakes.items():
+        returned = {t: top[tokenizer.decode([t])] for t in expected}
+        mistakes = [
+            ({t: expected[t] + bias[t] - bias[reference_id] for t in expected},
+             "Subtract each token's own bias before taking the difference: the returned logprob is logit + bias - "
+             "log Z. (With equal biases it cancels, which is why this case gives each token a different one.)"),
+            (returned, "These are the log-probabilities as returned. Subtract each token's bias, then the reference's "
+                    "(logit - bias) value: differences cancel log Z."),
+            ({t: returned[t] - bias[t] for t in expected},
+             "You subtracted the bias but not the reference: logit + (-log Z) still contains the normaliser. "
+             "Subtract the reference token's value too."),
+            ({t: -expected[t] for t in expected}, "The sign is reversed: return logit(token) - logit(reference)."),
+            ({t: expected[t] + 2 * (bias[t] - bias[reference_id]) for t in expected},
+             "You added the bias instead of subtracting it."),
+            ({t: returned[t] - ref_lp for t in expected},
+             "Logprob differences are logit differences only once each token's bias is removed: subtract "
+             "logit_bias[token] from each logprob first."),
+            ({t: expected[t] - expected[top_id] for t in expected},
+             "You took the most likely token as the reference. Subtract the value of reference_id, the token you "
+             "are given, whichever its rank."),
+            ({t: expected[t] - expected.get(first_id, 0.0) for t in expected},
+             "You took the first biased token as the reference. Subtract the value of reference_id, the token you "
+             "are given."),
+        ]
+        for wrong, hint in mistakes:
             if any(not math.isclose(wrong[t], expected[t], abs_tol=1e-3) for t in expected) and \
                     all(math.isclose(values[t], wrong[t], abs_tol=1e-3) for t in expected):
-                fail(f"{name} ({label}): the keys are right, the values are not.", hints[key])
+                fail(f"{name} ({label}): the keys are right, the values are not.", hint)
         bad = next(t for t in expected if not math.isclose(values[t], expected[t], abs_tol=1e-3))
         fail(f"{name} ({label}): for token {bad} ({tokenizer.decode([bad])!r}) expected "
              f"{expected[bad]:.4f}, got {values[bad]!r}.",
@@ -401,15 +315,11 @@ def _auc_cases() -> list[tuple[str, list[float], list[float]]]:
 
 
 def check_auc(auc: Callable[[Sequence[float], Sequence[float]], Any]) -> None:
-    """Check ``auc(member_scores, nonmember_scores) -> float`` against the rank-sum formula.
-
-    Four cases: random scores without ties, many ties, perfect separation (AUC 1) and
-    reversed separation (AUC 0). Known mistakes (1 - AUC, ties counted as 0 or as 1) get
-    their own hint.
-    """
+    """Check ``auc(member_scores, nonmember_scores) -> float`` against the rank-sum formula on four cases."""
     for label, members, others in _auc_cases():
         expected = reference_auc(members, others)
-        tied = _tied_pair_fraction(members, others)
+        a, b = Counter(members), Counter(others)
+        tied = sum(a[v] * b[v] for v in a) / (len(members) * len(others))  # share of tied pairs
         got = call_learner(auc, list(members), list(others), name="auc")
         if isinstance(got, (tuple, list)):
             fail(f"auc ({label}) returned a {type(got).__name__} of length {len(got)}, expected one "
@@ -437,11 +347,7 @@ def _zlib_sentences() -> list[str]:
 
 def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn.Module,
                      tokenizer: Any) -> None:
-    """Check ``zlib_ratio(model, tokenizer, text) -> float`` on member, held-out and repetitive text.
-
-    The reference is ``model(ids, labels=ids).loss`` (mean nats per predicted token)
-    divided by ``len(zlib.compress(text.encode()))``.
-    """
+    """Check ``zlib_ratio(model, tokenizer, text) -> float`` (mean loss in nats over the zlib-compressed bytes)."""
     name = "zlib_ratio"
     for text in _zlib_sentences():
         loss, n_tokens = sentence_loss(model, tokenizer, text, prefix=""), len(tokenizer(text).input_ids)

@@ -1,14 +1,6 @@
-"""Checks for chapter 08, "Auditing a model three ways".
-
-The chapter measures TinyGPT's planted occupation -> pronoun skew through the API (by
-sampling), from the open weights (exact next-token probabilities) and from the open
-training data (counting). Each check calls the learner's function and compares it with
-a reference computed here from the same samples, the loaded model or the corpus text:
-never a number typed in. Known mistakes (a Wald interval instead of Wilson, an interval
-the wrong way round, raw instead of normalised probabilities, the pronoun counted in the
-wrong slot, an off-by-one from ``str.split``...) are computed from the same inputs, so
-their hints fire for whichever model is loaded.
-"""
+"""Checks for chapter 08, "Auditing a model three ways": TinyGPT's planted occupation -> pronoun skew measured
+through the API (sampling), from the open weights and from the open training data. References come from the same
+samples, the loaded model or the corpus text; each usual mistake from the same inputs with one step changed."""
 
 from __future__ import annotations
 
@@ -20,31 +12,14 @@ from typing import Any
 
 import torch
 
-from glassbox.exercise_checks.feedback import (
-    as_number,
-    call_learner,
-    check_number,
-    expect_raises,
-    fail,
-    passed,
-    second_gpt2,
-    unpack,
-)
+from glassbox.exercise_checks.feedback import (as_number, call_learner, check_number, expect_raises, fail,
+                                               mistakes_from, passed, second_gpt2, unpack)
 from glassbox.measure import next_token_probs, pronoun_ids, pronoun_ratio
 from glassbox.tinygpt import corpus
 
-__all__ = [
-    "ShareVariant",
-    "check_corpus_count",
-    "check_logprob_share",
-    "check_exact_ratio",
-    "check_queries_for_width",
-    "check_sampling_estimate",
-    "reference_corpus_count",
-    "reference_exact_ratio",
-    "reference_logprob_share",
-    "wilson_interval",
-]
+__all__ = ["ShareVariant", "check_corpus_count", "check_logprob_share", "check_exact_ratio", "check_queries_for_width",
+           "check_sampling_estimate", "reference_corpus_count", "reference_exact_ratio", "reference_logprob_share",
+           "wilson_interval"]
 
 PRONOUNS: tuple[str, str] = corpus.PRONOUNS
 
@@ -72,6 +47,24 @@ def _close(a: float, b: float, tol: float = 1e-6) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
 
 
+def _numbers(got: Any, parts: Sequence[str], name: str, unpack_hint: str | None = None,
+             **number: Any) -> tuple[float, ...]:
+    """The learner's tuple of named numbers: feedback.unpack, then feedback.as_number on each part."""
+    return tuple(as_number(v, f"{part} of {name}", **number) for part, v in zip(parts, unpack(got, parts, name, unpack_hint)))
+
+
+def _check_interval(low: float, high: float, ref: tuple[float, float], where: str,
+                    mistakes: Sequence[tuple[tuple[float, float], str]]) -> None:
+    """Fail unless (low, high) is the Wilson interval ``ref``, naming the mistake whose interval it is."""
+    if _close(low, ref[0]) and _close(high, ref[1]):
+        return
+    head = f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is [{ref[0]:.4f}, {ref[1]:.4f}]."
+    for (mistake_low, mistake_high), hint in mistakes:
+        if _close(low, mistake_low) and _close(high, mistake_high):
+            fail(head, hint)
+    fail(head, "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
+
+
 def _pronoun_counts(samples: Sequence[str], pronoun: str) -> tuple[int, int]:
     """(samples that are ``pronoun``, samples that are either pronoun), ignoring spaces."""
     words = [str(s).strip() for s in samples]
@@ -90,14 +83,8 @@ _SPACE_HINT = ("The API returns tokens with their leading space (' herself'); co
 
 def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequence[str],
                             pronoun: str) -> None:
-    """Check ``sampling_estimate(samples, pronoun, z=1.96) -> (estimate, low, high)``.
-
-    ``samples`` are token strings sampled from the API (the notebook's real ones). The
-    estimate is the share of ``pronoun`` among the samples that are one of the two
-    pronouns; (low, high) is its Wilson interval. Also checked on made-up lists: other
-    tokens mixed in, the other pronoun, every sample the same (where the Wald interval
-    collapses to zero width) and a list with no pronoun at all (must raise ValueError).
-    """
+    """Check ``sampling_estimate(samples, pronoun, z=1.96) -> (estimate, low, high)`` (a share among the pronoun
+    samples and its Wilson interval) on the learner's API samples and made-up lists."""
     made_up = [" herself"] * 30 + [" himself"] * 10 + [" the"] * 5 + ["\n"] * 2
     cases: list[tuple[str, list[str], str, float]] = []
     if _pronoun_counts(samples, pronoun)[1] > 0:
@@ -118,9 +105,7 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
         low_ref, high_ref = wilson_interval(k, n, z)
         got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z,
                            name="sampling_estimate", hints=hints)
-        parts = ("estimate", "low", "high")
-        estimate, low, high = (as_number(v, f"{part} of sampling_estimate for {label}") for part, v in
-                               zip(parts, unpack(got, parts, f"sampling_estimate for {label}")))
+        estimate, low, high = _numbers(got, ("estimate", "low", "high"), f"sampling_estimate for {label}")
         where = f"for {label} ({k} of {n} pronoun samples are '{case_pronoun}')"
         check_number(estimate, expected, f"The estimate {where}", rel_tol=1e-6, abs_tol=1e-6,
                      known_mistakes=[
@@ -138,33 +123,18 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
             fail(f"Your interval [{low:.4f}, {high:.4f}] {where} does not contain the estimate "
                  f"{estimate:.4f}.", "Both ends come from the same centre and half-width; check "
                                      "the signs, and that you used the estimate's k and n.")
-        if _close(low, low_ref) and _close(high, high_ref):
-            continue
         wald = _wald_interval(k, n, z)
-        interval_mistakes = [
-            (wald, "That is the normal-approximation (Wald) interval, p ± z·sqrt(p(1-p)/n). "
-                   "Use Wilson's: it stays inside [0, 1] and does not collapse to zero width "
-                   "when every sample agrees."),
-            ((max(0.0, wald[0]), min(1.0, wald[1])), "That is the Wald interval clipped to "
-                                                     "[0, 1]. Use Wilson's formula."),
+        _check_interval(low, high, (low_ref, high_ref), where, [
+            (wald, "That is the normal-approximation (Wald) interval, p ± z·sqrt(p(1-p)/n). Use Wilson's: it stays "
+                   "inside [0, 1] and does not collapse to zero width when every sample agrees."),
+            ((max(0.0, wald[0]), min(1.0, wald[1])), "That is the Wald interval clipped to [0, 1]. Use Wilson's formula."),
             (wilson_interval(k, len(case_samples), z) if k <= len(case_samples) else (-1, -1),
              "You used every sample as n. Only the samples that are a pronoun count."),
-        ]
-        if z != 1.96:
-            interval_mistakes.append((wilson_interval(k, n, 1.96),
-                                      f"This is the 95% interval (z=1.96), but z={z} was asked "
-                                      "for: use the z argument, do not hard-code 1.96."))
-        for z_other, level in ((1.645, "90%"), (2.576, "99%"), (1.0, "68%"), (2.0, "95.4%")):
-            if z_other != z:
-                interval_mistakes.append((wilson_interval(k, n, z_other),
-                                          f"That is a {level} interval (z={z_other}); use z={z}."))
-        for (mistake_low, mistake_high), hint in interval_mistakes:
-            if _close(low, mistake_low) and _close(high, mistake_high):
-                fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval "
-                     f"is [{low_ref:.4f}, {high_ref:.4f}].", hint)
-        fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is "
-             f"[{low_ref:.4f}, {high_ref:.4f}].",
-             "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
+            *([(wilson_interval(k, n, 1.96), f"This is the 95% interval (z=1.96), but z={z} was asked for: use the "
+                                             "z argument, do not hard-code 1.96.")] if z != 1.96 else []),
+            *[(wilson_interval(k, n, z_other), f"That is a {level} interval (z={z_other}); use z={z}.")
+              for z_other, level in ((1.645, "90%"), (2.576, "99%"), (1.0, "68%"), (2.0, "95.4%")) if z_other != z],
+        ])
     no_pronoun = [" the", " a", "\n"]
     expect_raises(sampling_estimate, no_pronoun, PRONOUNS[0], exception=ValueError,
                   name=f"sampling_estimate({no_pronoun!r}, ...)",
@@ -226,13 +196,8 @@ def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str) -
 
 def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: Any,
                       occupation: str, pronoun: str) -> None:
-    """Check ``exact_ratio(model, tokenizer, occupation, pronoun) -> float``.
-
-    The reference averages P(pronoun) / (P(herself) + P(himself)) over
-    ``corpus.SKEW_PROMPTS``, each after ``<|endoftext|>``, with the loaded model; it is
-    the same measurement as ``glassbox.tinygpt.train.female_ratio``. Checked for the
-    learner's choice and for a second occupation with the other pronoun.
-    """
+    """Check ``exact_ratio(model, tokenizer, occupation, pronoun) -> float`` (``reference_exact_ratio``) for the
+    learner's choice, a second occupation with the other pronoun, and on a second, random GPT-2."""
     second = corpus.OCCUPATIONS[-1] if occupation != corpus.OCCUPATIONS[-1] else corpus.OCCUPATIONS[0]
     # On TinyGPT the two pronouns take almost all the probability after every prompt, so a ratio
     # of sums and a mean of ratios agree to 1e-5: a random GPT-2 tells them (and every other
@@ -277,12 +242,8 @@ def reference_corpus_count(text: str, occupation: str, pronoun: str) -> tuple[in
 
 def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: str,
                        pronoun: str) -> None:
-    """Check ``corpus_count(text, occupation, pronoun) -> (k, n)`` on the training text and a
-    made-up text with traps (see ``TRAP_TEXT``).
-
-    k counts the places where the word right after the occupation is the pronoun, n the
-    places where it is either pronoun: the slot where the skew was planted.
-    """
+    """Check ``corpus_count(text, occupation, pronoun) -> (k, n)`` (the word right after the occupation is the
+    pronoun; is either pronoun) on the training text and on ``TRAP_TEXT``."""
     cases = [("the training text", text, occupation, pronoun),
              ("a made-up text with traps", TRAP_TEXT, "nurse", PRONOUNS[0]),
              ("the same made-up text", TRAP_TEXT, "doctor", PRONOUNS[1])]
@@ -290,11 +251,9 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
         k_ref, n_ref = reference_corpus_count(case_text, occ, pron)
         got = call_learner(corpus_count, case_text, occ, pron, name="corpus_count")
         call = f"corpus_count(<{label}>, {occ!r}, {pron!r})"
-        k, n = (int(as_number(v, f"{part} of {call}", integer=True,
-                              hint="Return the two counts; the share k / n is computed afterwards."))
-                for part, v in zip("kn", unpack(got, ("k", "n"), call,
-                                                 "Return both counts, `return k, n`: the share is "
-                                                 "k / n, and n tells how much evidence there is.")))
+        k, n = map(int, _numbers(got, ("k", "n"), call, "Return both counts, `return k, n`: the share is k / n, and "
+                                                        "n tells how much evidence there is.", integer=True,
+                                 hint="Return the two counts; the share k / n is computed afterwards."))
         if (k, n) == (k_ref, n_ref):
             continue
         head = f"{call} returned (k, n) = ({k}, {n}); expected ({k_ref}, {n_ref})"
@@ -330,67 +289,51 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
 
 # --------------------------------------------------------------------------- exercise 4
 
-def _queries(p: float, width: float, z: float) -> int:
-    return math.ceil(z * z * p * (1 - p) / (width / 2) ** 2)
+def _queries(p: float, width: float, z: float = 1.96, *, half: float = 2, round_up: Callable[[float], int] = math.ceil,
+             z_power: int = 2, worst_case: bool = False) -> int:
+    """The smallest n whose interval p ± width/2 is narrow enough (defaults), or a mistake: one setting changed."""
+    return round_up(z ** z_power * (0.25 if worst_case else p * (1 - p)) / (width / half) ** 2)
 
 
-def check_queries_for_width(queries_for_width: Callable[..., Any],
-                            estimate: float | None = None) -> None:
-    """Check ``queries_for_width(p, width, z=1.96) -> int``: the smallest n whose 95%
-    (normal-approximation) interval around p has total width at most ``width``,
-    n = ceil(z² p (1 - p) / (width / 2)²). Also checked at the learner's own estimate.
-    """
+def _queries_mistakes(z: float) -> list[tuple[dict[str, Any], str]]:
+    return [
+        (dict(half=1), "You used the full width where the formula needs the half-width: the interval is p ± width/2."),
+        (dict(round_up=math.floor), "Off by one: round UP (math.ceil), or the interval is a little wider than asked."),
+        (dict(round_up=round), "Round up with math.ceil: round() can go down and give an interval a little wider "
+                               "than asked."),
+        (dict(round_up=lambda x: int(x) + 1), "int(x) + 1 is one too many when x is already a whole number: use "
+                                              "math.ceil(x)."),
+        (dict(z_power=1), "z appears squared: n = z² p(1-p) / h²."),
+        (dict(worst_case=True), "That is the worst case p = 0.5 (p(1-p) = 0.25). Use the p you are given."),
+        (dict(z=1.96), f"z={z} was asked for: use the z argument."),
+    ]
+
+
+def check_queries_for_width(queries_for_width: Callable[..., Any], estimate: float | None = None) -> None:
+    """Check ``queries_for_width(p, width, z=1.96) -> int``, n = ceil(z² p (1 - p) / (width / 2)²), also at the
+    learner's own estimate."""
     # (0.5, 0.25, 2.0) gives exactly 64 in binary floating point: int(x) + 1 is then one too many.
     cases = [(0.5, 0.1, 1.96), (0.9, 0.05, 1.96), (0.25, 0.02, 1.96), (0.3, 0.1, 2.576), (0.5, 0.25, 2.0)]
     if estimate is not None and 0.0 < float(estimate) < 1.0:
         cases.append((round(float(estimate), 3), 0.04, 1.96))
-    results = []
     for p, width, z in cases:
-        expected = _queries(p, width, z)
-        raw = z * z * p * (1 - p) / (width / 2) ** 2
-        mistakes = [
-            (math.ceil(z * z * p * (1 - p) / width ** 2),
-             "You used the full width where the formula needs the half-width: "
-             "the interval is p ± width/2."),
-            (math.floor(raw), "Off by one: round UP (math.ceil), or the interval is a little "
-                              "wider than asked."),
-            (round(raw), "Round up with math.ceil: round() can go down and give an interval a "
-                         "little wider than asked."),
-            (int(raw) + 1, "int(x) + 1 is one too many when x is already a whole number: use "
-                           "math.ceil(x)."),
-            (math.ceil(z * p * (1 - p) / (width / 2) ** 2), "z appears squared: n = z² p(1-p) / h²."),
-            (math.ceil(z * z * 0.25 / (width / 2) ** 2),
-             "That is the worst case p = 0.5 (p(1-p) = 0.25). Use the p you are given."),
-            (_queries(p, width, 1.96), f"z={z} was asked for: use the z argument."),
-        ]
         got = as_number(call_learner(queries_for_width, p, width, z=z, name="queries_for_width"),
                         f"queries_for_width({p}, {width}, z={z})", integer=True,
                         hint="A number of queries is a whole number: round up with math.ceil(...).")
-        check_number(got, expected, f"queries_for_width({p}, {width}, z={z})",
-                     known_mistakes=mistakes, integer=True,
+        check_number(got, _queries(p, width, z), f"queries_for_width({p}, {width}, z={z})", integer=True,
+                     known_mistakes=mistakes_from(lambda **s: _queries(p, width, **{"z": z, **s}), _queries_mistakes(z)),
                      hint="n = ceil(z² · p(1-p) / (width/2)²).")
-        results.append((p, width, expected))
-    passed("queries_for_width: " + "; ".join(f"{n:,} queries for ±{w / 2:g} at p = {p}"
-                                               for p, w, n in results[:3]) + ".")
+    passed("queries_for_width: " + "; ".join(f"{_queries(p, w, z):,} queries for ±{w / 2:g} at p = {p}"
+                                               for p, w, z in cases[:3]) + ".")
 
 
 # --------------------------------------------------------------- logprob_share (exercise 5)
 
 @dataclass(frozen=True)
 class ShareVariant:
-    """How to read a pronoun's share off one top-k dict. The defaults are right; each other value is a mistake.
-
-    Attributes:
-        exponentiate: turn log-probabilities into probabilities before dividing (``False``
-            divides the log-probabilities themselves).
-        normalise: divide by P(herself) + P(himself) (``False`` returns the raw probability).
-        missing: a pronoun missing from the top k has a probability between 0 and the smallest
-            one shown (``"bound"``); ``"zero"`` takes it as impossible and ``"floor"`` as equal
-            to the smallest one shown, both mistakes.
-        floor_from: the smallest probability shown is taken over every token shown (``"all"``);
-            ``"others"`` leaves the shown pronoun out, a mistake when it is the smallest.
-        low_first: return ``(low, high)``; ``False`` returns them the wrong way round.
-    """
+    """How to read a pronoun's share off one top-k dict; the defaults are right, each other value is a mistake.
+    ``missing``: a pronoun cut off lies between 0 and the smallest probability shown ("bound"), not 0 ("zero") nor
+    that smallest one ("floor"); ``floor_from``: that smallest one is over every token shown ("all")."""
 
     exponentiate: bool = True
     normalise: bool = True
@@ -463,12 +406,6 @@ def _share_cases(pronoun: str, api_tops: Sequence[dict[str, float]]) -> list[tup
     return cases
 
 
-def _as_pair(got: Any, name: str) -> tuple[float, float]:
-    low, high = unpack(got, ("low", "high"), name,
-                       "Return both bounds, even when they are equal: `return share, share`.")
-    return as_number(low, f"low of {name}"), as_number(high, f"high of {name}")
-
-
 def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
                         api_tops: Sequence[dict[str, float]] = ()) -> None:
     """Check ``logprob_share(top_logprobs, pronoun) -> (low, high)`` on the learner's own API answers
@@ -478,8 +415,8 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
     exact_cases = 0
     for label, top in _share_cases(pronoun, api_tops):
         expected = reference_logprob_share(top, pronoun)
-        got = _as_pair(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"),
-                       f"logprob_share for {label}")
+        got = _numbers(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"), ("low", "high"),
+                       f"logprob_share for {label}", "Return both bounds, even when they are equal: `return share, share`.")
         if all(_close(g, e) for g, e in zip(got, expected)):
             exact_cases += expected[0] == expected[1]
             continue

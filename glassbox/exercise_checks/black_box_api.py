@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -160,34 +161,25 @@ class _Sleep:
             time.sleep(min(float(seconds), self.cap))
 
 
-class _CountingRequest:
-    """Wraps a request: counts calls and successes, keeps every error it raised."""
-
-    def __init__(self, request: Callable[[], Any]) -> None:
-        self.request, self.calls, self.successes = request, 0, 0
-        self.errors: list[openai.APIStatusError] = []
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        try:
-            result = self.request()
-        except openai.APIStatusError as error:
-            self.errors.append(error)
-            raise
-        self.successes += 1
-        return result
-
-
 def _run_backoff(with_backoff: Callable[..., Any], request: Callable[[], Any], sleep: _Sleep,
-                 **kwargs: Any) -> tuple[_CountingRequest, Any, BaseException | None]:
-    """Call the learner's wrapper; return (the counted request, the result, the exception it let out or None)."""
-    counted = _CountingRequest(request)
+                 **kwargs: Any) -> tuple[SimpleNamespace, Any, BaseException | None]:
+    """Call the learner's wrapper on ``request``; return (its calls and the errors they raised, the result,
+    the exception the wrapper let out or None)."""
+    log = SimpleNamespace(calls=0, errors=[])
+
+    def counted() -> Any:
+        log.calls += 1
+        try:
+            return request()
+        except openai.APIStatusError as error:
+            log.errors.append(error)
+            raise
     try:
-        return counted, with_backoff(counted, sleep=sleep, **kwargs), None
+        return log, with_backoff(counted, sleep=sleep, **kwargs), None
     except (NotImplementedError, ExerciseFailed):
         raise
     except Exception as exc:  # noqa: BLE001 - inspected by the caller
-        return counted, None, exc
+        return log, None, exc
 
 
 def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *,
@@ -309,7 +301,7 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
     if _retry_after(real) <= 0:
         raise RuntimeError("the provider's 429 has no retry-after header")
 
-    def replayed(base_delay: float) -> tuple[_CountingRequest, _Sleep, Any, BaseException | None]:
+    def replayed(base_delay: float) -> tuple[SimpleNamespace, _Sleep, Any, BaseException | None]:
         sleep = _Sleep()
         request, got, raised = _run_backoff(with_backoff, _replaying(real), sleep, max_retries=3,
                                             base_delay=base_delay)

@@ -178,14 +178,14 @@ MAX_CHUNK = 64 << 20
 
 
 @contextlib.contextmanager
-def _reads_under(folder: Path) -> Iterator[list[tuple[str, int | None]]]:
-    """While open, each read from a file under ``folder`` is recorded as (file name, size asked; None: all)."""
-    log: list[tuple[str, int | None]] = []
+def _reads_under(folder: Path) -> Iterator[list[int | None]]:
+    """While open, each read from a file under ``folder`` is recorded as the size it asked for (None: all)."""
+    log: list[int | None] = []
     real_open, io_open = builtins.open, io.open
 
     class Recorded:
-        def __init__(self, handle: Any, name: str) -> None:
-            self._handle, self._name = handle, name
+        def __init__(self, handle: Any) -> None:
+            self._handle = handle
 
         def __getattr__(self, attribute: str) -> Any:
             return getattr(self._handle, attribute)
@@ -197,22 +197,14 @@ def _reads_under(folder: Path) -> Iterator[list[tuple[str, int | None]]]:
             self._handle.close()
 
         def __iter__(self) -> Iterator[Any]:
-            for line in self._handle:
-                log.append((self._name, len(line)))
-                yield line
+            return iter(self._handle)
 
         def _log(self, asked: Any, result: Any) -> Any:
-            log.append((self._name, None if asked is None or asked < 0 else asked))
+            log.append(None if asked is None or asked < 0 else asked)
             return result
 
         def read(self, size: int | None = -1) -> Any:
             return self._log(size, self._handle.read(size))
-
-        def read1(self, size: int = -1) -> Any:
-            return self._log(size, self._handle.read1(size))
-
-        def readall(self) -> Any:
-            return self._log(None, self._handle.readall())
 
         def readlines(self, hint: int = -1) -> Any:
             return self._log(None if hint <= 0 else hint, self._handle.readlines(hint))
@@ -222,8 +214,7 @@ def _reads_under(folder: Path) -> Iterator[list[tuple[str, int | None]]]:
 
     def recording_open(file: Any, *args: Any, **kwargs: Any) -> Any:
         handle = real_open(file, *args, **kwargs)
-        path = Path(file) if isinstance(file, (str, Path)) else None
-        return Recorded(handle, path.name) if path is not None and path.parent == folder else handle
+        return Recorded(handle) if isinstance(file, (str, Path)) and Path(file).parent == folder else handle
 
     builtins.open = io.open = recording_open
     try:
@@ -289,7 +280,7 @@ def check_sha256_of_file(sha256_of_file: Callable[[Path], str]) -> None:
             check_type(got, str, f"sha256_of_file({path.name})", hint="Return hashlib.sha256(...).hexdigest(), a str.")
             if got != hashlib.sha256(data).hexdigest():
                 _explain_hash(got, data, path)
-            whole = [asked for _, asked in reads if size and (asked is None or asked > MAX_CHUNK or asked == size)]
+            whole = [asked for asked in reads if size and (asked is None or asked > MAX_CHUNK or asked == size)]
             if size == max(sizes) and whole:
                 asked = "everything" if whole[0] is None else f"{whole[0]:,} bytes"
                 fail(f"sha256_of_file read {path.name} ({size:,} bytes) in one read (it asked for {asked}): the "

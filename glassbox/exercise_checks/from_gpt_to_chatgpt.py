@@ -1,28 +1,6 @@
-"""Checks for chapter 09, "From GPT to ChatGPT, and who controls safety".
-
-The chapter compares TinyGPT base with TinyGPT-chat (instruction-tuned, preference-trained
-and taught to refuse questions about a planted secret), puts the chat model behind the
-course provider with the operator's tools, and undoes the refusal with a LoRA fine-tune.
-
-Each check calls the learner's function and compares it with a reference computed here,
-from the same replies, curve, models or logits: never a number typed in. The usual
-mistakes are computed from the same inputs by the reference with one switch turned
-(``_refusal_rate``, ``_steps_below``, ``_layer_changes``, ``_kl``, in the manner of
-``anatomy._formula``), so their hints fire whatever the models measure:
-
-1. ``refusal_rate``: counting partial refusals ("I can't help... the code is marigold") as
-   refusals; dividing by the replies that refuse or leak instead of by every reply; the
-   Wald interval; a hard-coded z.
-2. ``steps_to_break``: ``<=`` for "under"; the rate instead of the steps; the last step
-   instead of the first; trusting the dictionary's order.
-3. ``moderation_rule``: a rule that memorises the visible prompts (it is measured on
-   held-out prompts the learner did not see); a rule that blocks every question about the
-   vault (false positives on the harmless held-out set).
-4. ``layer_changes``: absolute instead of relative change; one matrix instead of the whole
-   block; the embeddings counted as a layer.
-5. ``next_token_kl``: the two distributions swapped; bits instead of nats; logits used as
-   if they were log-probabilities; a sum over positions instead of the mean.
-"""
+"""Checks for chapter 09, "From GPT to ChatGPT, and who controls safety": references from the same replies,
+curve, models or logits; each usual mistake is the reference with one switch turned (``_refusal_rate``,
+``_steps_below``, ``_layer_changes``, ``_kl``, in the manner of ``anatomy._formula``)."""
 
 from __future__ import annotations
 
@@ -34,32 +12,14 @@ from typing import Any
 
 import torch
 
-from glassbox.exercise_checks.auditing import _close
+from glassbox.exercise_checks.auditing import _check_interval, _close, _numbers, wilson_interval
 from glassbox.exercise_checks.auditing import _wald_interval as _wald
-from glassbox.exercise_checks.auditing import wilson_interval
 from glassbox.exercise_checks.feedback import as_number as _number
-from glassbox.exercise_checks.feedback import (
-    call_learner,
-    check_number,
-    check_type,
-    fail,
-    passed,
-    second_gpt2,
-    unpack,
-)
+from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, passed, second_gpt2
 
-__all__ = [
-    "MAX_FALSE_POSITIVE_RATE",
-    "MIN_BLOCK_RATE",
-    "check_layer_changes",
-    "check_moderation_rule",
-    "check_next_token_kl",
-    "check_refusal_rate",
-    "check_steps_to_break",
-    "reference_layer_changes",
-    "reference_next_token_kl",
-    "wilson_interval",
-]
+__all__ = ["MAX_FALSE_POSITIVE_RATE", "MIN_BLOCK_RATE", "check_layer_changes", "check_moderation_rule",
+           "check_next_token_kl", "check_refusal_rate", "check_steps_to_break", "reference_layer_changes",
+           "reference_next_token_kl", "wilson_interval"]
 
 MIN_BLOCK_RATE = 0.9  #: exercise 3: at least this share of the held-out forbidden prompts blocked
 MAX_FALSE_POSITIVE_RATE = 0.1  #: exercise 3: at most this share of the held-out harmless prompts blocked
@@ -69,11 +29,6 @@ def _chat_data():
     from glassbox.tinygpt import chat_data  # the shared prompt sets and detectors (issue 14)
 
     return chat_data
-
-
-def _partial_refusal() -> str:
-    data = _chat_data()
-    return f"{data.REFUSAL} {data.SECRET_ANSWER}"
 
 
 # --------------------------------------------------------------------------- exercise 1
@@ -99,15 +54,10 @@ def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bo
 
 
 def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str]) -> None:
-    """Check ``refusal_rate(replies, z=1.96) -> (rate, low, high)``.
-
-    A reply is a refusal when it refuses and does not leak the secret (the course's shared
-    detector, ``chat_data.is_refusal``); the rate is over every reply; (low, high) is the
-    Wilson interval. Checked on the learner's real replies and on made-up lists that hold a
-    partial refusal, replies that neither refuse nor leak, and a list that all refuse.
-    """
+    """Check ``refusal_rate(replies, z=1.96) -> (rate, low, high)`` (``chat_data.is_refusal`` over every reply,
+    Wilson interval) on made-up lists with partial refusals and on the learner's real replies."""
     data = _chat_data()
-    partial = _partial_refusal()
+    partial = f"{data.REFUSAL} {data.SECRET_ANSWER}"
     # Refusals worded three ways (every marker of chat_data.REFUSAL_MARKERS, a curly apostrophe),
     # partial refusals that leak, plain leaks, and replies that neither refuse nor leak.
     worded = ["Sorry, I cannot help with that.", "I can\u2019t help with that, I'm afraid.",
@@ -125,9 +75,7 @@ def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str])
         expected = _refusal_rate(case, z)
         got = call_learner(refusal_rate, case, z=z, name="refusal_rate",
                            hints={TypeError: "The check calls refusal_rate(replies, z=...): keep the z argument."})
-        parts = ("rate", "low", "high")
-        rate, low, high = (_number(v, f"{part} of refusal_rate for {label}") for part, v in
-                           zip(parts, unpack(got, parts, f"refusal_rate for {label}")))
+        rate, low, high = _numbers(got, ("rate", "low", "high"), f"refusal_rate for {label}")
         k = sum(data.is_refusal(r) for r in case)
         where = f"for {label} ({k} of {len(case)} replies are refusals)"
         check_number(rate, expected[0], f"The refusal rate {where}", rel_tol=1e-6, abs_tol=1e-6,
@@ -152,18 +100,11 @@ def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str])
             ])
         if low > high:
             fail(f"Your interval {where} is the wrong way round: [{low:.4f}, {high:.4f}].", "Return (rate, low, high) with low <= high.")
-        if _close(low, expected[1]) and _close(high, expected[2]):
-            continue
-        interval_mistakes = [(_refusal_rate(case, z, wald=True)[1:], "That is the Wald interval, p ± z·sqrt(p(1-p)/n). Use "
-                              "Wilson's: it stays inside [0, 1] and keeps a width when every reply refuses.")]
-        if z != 1.96:
-            interval_mistakes.append((_refusal_rate(case, 1.96)[1:], f"That is the 95% interval; z={z} was asked for. Use the z argument."))
-        for (mistake_low, mistake_high), hint in interval_mistakes:
-            if _close(low, mistake_low) and _close(high, mistake_high):
-                fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is "
-                     f"[{expected[1]:.4f}, {expected[2]:.4f}].", hint)
-        fail(f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is [{expected[1]:.4f}, {expected[2]:.4f}].",
-             "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
+        _check_interval(low, high, expected[1:], where, [
+            (_refusal_rate(case, z, wald=True)[1:], "That is the Wald interval, p ± z·sqrt(p(1-p)/n). Use Wilson's: "
+                                                    "it stays inside [0, 1] and keeps a width when every reply refuses."),
+            *([(_refusal_rate(case, 1.96)[1:], f"That is the 95% interval; z={z} was asked for. Use the z argument.")]
+              if z != 1.96 else [])])
     passed("refusal_rate counts clean refusals however they are worded, not partial refusals or "
            "replies that merely keep the secret, over every reply, with the Wilson interval.")
 
@@ -180,13 +121,8 @@ def _steps_below(curve: Mapping[int, float], target: float, *, or_equal: bool = 
 
 
 def check_steps_to_break(steps_to_break: Callable[..., Any], curve: Mapping[int, float]) -> None:
-    """Check ``steps_to_break(curve, target) -> int | None``: the fewest LoRA steps after which the
-    refusal rate is under ``target`` (strictly), or None if no measured step gets there.
-
-    ``curve`` maps steps to the refusal rate measured after them (the chapter's real curve);
-    also checked on made-up curves given out of order, with a rate equal to the target and
-    one that never gets under it.
-    """
+    """Check ``steps_to_break(curve, target) -> int | None`` (the fewest steps whose refusal rate is strictly under
+    ``target``, or None) on the learner's curve and made-up ones."""
     curve = {int(k): float(v) for k, v in curve.items()}
     cases = [("your curve", curve, t) for t in sorted({0.5, 0.2, min(curve.values()) + 1e-9 if curve else 0.5})]
     made_up = {30: 0.1, 0: 0.95, 50: 0.0, 20: 0.25, 5: 0.9, 10: 0.5}
@@ -247,13 +183,8 @@ def _rates(policy: Any, forbidden: Sequence[str], harmless: Sequence[str]) -> tu
 
 
 def check_moderation_rule(moderation_rule: Callable[..., Any]) -> tuple[float, float]:
-    """Check ``moderation_rule(forbidden, harmless) -> policy dict`` (the provider's ``--moderation`` format).
-
-    The learner's function sees the *training* prompts only. The check parses the policy it
-    returns exactly as the provider does and measures it on the *held-out* prompts, which the
-    learner never saw: it must block at least ``MIN_BLOCK_RATE`` of the forbidden ones and
-    flag at most ``MAX_FALSE_POSITIVE_RATE`` of the harmless ones. Returns the two held-out rates.
-    """
+    """Check ``moderation_rule(forbidden, harmless) -> policy dict`` (the provider's ``--moderation`` format), built
+    from the training prompts, on the held-out and reworded prompts; returns the two held-out rates."""
     from glassbox.provider.moderation import PolicyError, parse_policy
 
     data = _chat_data()
@@ -358,11 +289,8 @@ def _second_pair(base: Any) -> tuple[Any, Any]:
 
 
 def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any) -> list[float]:
-    """Check ``layer_changes(base, chat) -> list of floats``: for each transformer block, the
-    relative change of all its parameters, ||W_chat - W_base|| / ||W_base|| (Frobenius norms
-    over every tensor of the block together). Also checked on a second, random GPT-2 with
-    another number of blocks and a changed copy of it. Returns the reference list.
-    """
+    """Check ``layer_changes(base, chat) -> list of floats`` (per block, ||W_chat - W_base|| / ||W_base|| over all its
+    tensors), also on a second, random GPT-2; returns the reference list."""
     expected = _compare_layer_changes(layer_changes, base, chat, "")
     second = _compare_layer_changes(layer_changes, *_second_pair(base), " on a second, random GPT-2")
     top = max(range(len(expected)), key=expected.__getitem__)
@@ -435,11 +363,8 @@ def reference_next_token_kl(base_logits: torch.Tensor, chat_logits: torch.Tensor
 
 
 def check_next_token_kl(next_token_kl: Callable[..., Any], base_logits: torch.Tensor, chat_logits: torch.Tensor) -> float:
-    """Check ``next_token_kl(base_logits, chat_logits) -> float``: the mean over positions of
-    KL(P_chat || P_base) = sum_v P_chat(v) (log P_chat(v) - log P_base(v)), in nats, where the
-    logits are (positions, vocab) tensors from the same text. Also checked on made-up logits.
-    Returns the reference value for the learner's logits.
-    """
+    """Check ``next_token_kl(base_logits, chat_logits) -> float`` (mean over positions of KL(P_chat || P_base) in
+    nats) on the learner's and made-up logits; returns the reference value for the learner's."""
     generator = torch.Generator().manual_seed(0)
     made_base = torch.randn(5, 11, generator=generator) * 2
     made_chat = made_base + torch.randn(5, 11, generator=generator)
