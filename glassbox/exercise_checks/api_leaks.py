@@ -115,8 +115,7 @@ def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch
         fail(f"estimate_hidden_size on {what} should be one whole number, got a tensor of shape "
              f"{tuple(got.shape)}.", "Return the estimate of h, not the singular values or the ratios.")
     return int(as_number(got, f"estimate_hidden_size on {what}", integer=True,
-                         hint="Return one whole number, the estimate of h: int(...) of the index "
-                              "you found."))
+                         hint="Return one whole number, the estimate of h: int(...) of the index you found."))
 
 
 def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any],
@@ -153,14 +152,12 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
              "gives the matrix's size. Find the drop: the largest ratio of neighbours.")
     if got_plain != rank:
         fail(f"{head}, you estimated {got_plain}, expected {rank}.",
-             "Compute torch.linalg.svdvals of the matrix, then the ratios s[:-1] / s[1:], "
-             "skipping the first one.")
+             "Compute torch.linalg.svdvals of the matrix, then the ratios s[:-1] / s[1:], skipping the first one.")
     if got_shifted == rank + 1:
         fail(f"With a constant added to each row (as log-probabilities have: minus the log of "
              f"the normaliser), you estimated {got_shifted}, expected {rank}.",
-             "That constant adds one direction that has nothing to do with h. Subtract it first: "
-             "subtract the first column from every column (log-prob differences are logit "
-             "differences), or each row's mean.")
+             "That constant adds one direction that has nothing to do with h. Subtract it first: subtract the first "
+             "column from every column (log-prob differences are logit differences), or each row's mean.")
     if got_shifted != rank:
         fail(f"With a constant added to each row, you estimated {got_shifted}, expected {rank}.",
              "Subtract the first column from every column before the SVD.")
@@ -171,9 +168,8 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
         logprobs = _model_logprobs(lm, h + 16, seed=0)
         got_model = _estimate(estimate_hidden_size, logprobs, f"{who}'s log-probabilities")
         if got_model not in {h, h - 1} and got_model != reference_hidden_size(logprobs):  # SVD only if needed
-            fail(f"On {who}'s log-probabilities for {h + 16} random prompts (shape "
-                 f"{tuple(logprobs.shape)}), you estimated {got_model}; its config says n_embd = "
-                 f"{h}, and {h} or {h - 1} is accepted.",
+            fail(f"On {who}'s log-probabilities for {h + 16} random prompts (shape {tuple(logprobs.shape)}), you "
+                 f"estimated {got_model}; its config says n_embd = {h}, and {h} or {h - 1} is accepted.",
                  "Your function was right on the synthetic matrices: check that it uses the whole "
                  "matrix it is given (no fixed sizes inside).")
         found.append((got_model, h))
@@ -374,7 +370,6 @@ def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn
                            hints={TypeError: "zlib.compress needs bytes: text.encode('utf-8')."})
         check_number(got, expected, f"{name} for {text[:40]!r}", known_mistakes=mistakes,
                      rel_tol=1e-4,
-                     hint="loss = model(ids, labels=ids).loss; divide by "
-                          "len(zlib.compress(text.encode('utf-8'))).")
+                     hint="loss = model(ids, labels=ids).loss; divide by len(zlib.compress(text.encode('utf-8'))).")
     passed("zlib_ratio: the model's loss over the zlib-compressed length, right for member, "
            "held-out and repetitive text.")

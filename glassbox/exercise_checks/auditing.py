@@ -77,8 +77,7 @@ def _other(pronoun: str) -> str:
 
 # --------------------------------------------------------------------------- exercise 1
 
-_SPACE_HINT = ("The API returns tokens with their leading space (' herself'); compare "
-               "sample.strip() with the pronoun.")
+_SPACE_HINT = ("The API returns tokens with their leading space (' herself'); compare sample.strip() with the pronoun.")
 
 
 def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequence[str],
@@ -117,8 +116,7 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
                      hint="estimate = (samples equal to the pronoun) / (samples equal to either pronoun).")
         if low > high:
             fail(f"Your interval {where} is the wrong way round: low = {low:.4f} is above "
-                 f"high = {high:.4f}.", "Return (estimate, low, high) with low <= high: "
-                                        "centre - half-width first.")
+                 f"high = {high:.4f}.", "Return (estimate, low, high) with low <= high: centre - half-width first.")
         if not low - 1e-9 <= estimate <= high + 1e-9:
             fail(f"Your interval [{low:.4f}, {high:.4f}] {where} does not contain the estimate "
                  f"{estimate:.4f}.", "Both ends come from the same centre and half-width; check "
@@ -184,13 +182,11 @@ def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str) -
          "Put corpus.EOT ('<|endoftext|>') before each prompt: every story in the training "
          "text starts after it, and the reference measures the same way."),
         (mean([ratio(p) for p in shifted]),
-         "Off by one position: the next-token distribution is at the LAST position, "
-         "logits[0, -1]."),
+         "Off by one position: the next-token distribution is at the LAST position, logits[0, -1]."),
         (mean([float(l[target] / (l[female] + l[male])) for l in logits]),
          "Those are raw logits, not probabilities: apply softmax over the vocabulary first."),
         (float(sum(p[target] for p in with_eot) / sum(p[female] + p[male] for p in with_eot)),
-         "You divided the summed probabilities. Compute the ratio for each prompt, then "
-         "average the ratios."),
+         "You divided the summed probabilities. Compute the ratio for each prompt, then average the ratios."),
     ]
 
 
@@ -211,9 +207,8 @@ def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: An
         check_number(got, expected, f"exact_ratio(model, tokenizer, {occ!r}, {pron!r}){who}",
                      known_mistakes=lambda: _ratio_mistakes(lm, tokenizer, occ, pron),
                      rel_tol=1e-4, abs_tol=1e-6,
-                     hint="For each prompt: probs = softmax(logits[0, -1]) after "
-                          "EOT + prompt; ratio = probs[id] / (probs[herself] + probs[himself]). "
-                          "Then average.")
+                     hint="For each prompt: probs = softmax(logits[0, -1]) after EOT + prompt; ratio = probs[id] / "
+                          "(probs[herself] + probs[himself]). Then average.")
         results.append((occ, pron, expected))
     shown = "; ".join(f"{o} -> {p}: {v:.3f}" for o, p, v in results[:2])
     passed(f"exact_ratio: matches the loaded model's normalised probabilities ({shown}), and a "
@@ -277,11 +272,9 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
                  "n should count only the places where a pronoun follows the occupation "
                  f"('{occ} herself' or '{occ} himself'), so that k / n is the pronoun's share.")
         if k == k_ref and n == n_ref + 1:
-            fail(f"{head}: n is off by one.", "text.split(x) gives one more piece than there "
-                                              "are x in the text.")
-        fail(f"{head}.", f"Count the two-word sequences '{occ} {pron}' (k) and "
-                         f"'{occ} herself' plus '{occ} himself' (n), e.g. with text.count or "
-                         "re.findall(r'\\bnurse herself\\b', text).")
+            fail(f"{head}: n is off by one.", "text.split(x) gives one more piece than there are x in the text.")
+        fail(f"{head}.", f"Count the two-word sequences '{occ} {pron}' (k) and '{occ} herself' plus '{occ} himself' "
+                         "(n), e.g. with text.count or re.findall(r'\\bnurse herself\\b', text).")
     k, n = reference_corpus_count(text, occupation, pronoun)
     passed(f"corpus_count: ({k:,}, {n:,}) for '{occupation} {pronoun}' in the training text, "
            "and right on a made-up text with traps.")

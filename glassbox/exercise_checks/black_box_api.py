@@ -84,8 +84,7 @@ def check_batch_cost(batch_cost: Callable[..., Any], usages: Sequence[Any],
     usages = list(usages)
     for usage in usages:
         if not hasattr(usage, "prompt_tokens"):
-            fail("The check needs the `usage` objects of your calls (response.usage), got "
-                 f"{type(usage).__name__}.")
+            fail(f"The check needs the `usage` objects of your calls (response.usage), got {type(usage).__name__}.")
     made_up = [CompletionUsage(prompt_tokens=1200, completion_tokens=300, total_tokens=1500),
                CompletionUsage(prompt_tokens=7, completion_tokens=1, total_tokens=8)]
     cases = [(f"your {len(usages)} calls priced as {row['model']} (as of {row['as_of']})", usages, row)
@@ -192,9 +191,8 @@ def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *
     """
     sleep = _Sleep()
     result = call_learner(with_backoff, lambda: "the result", sleep=sleep, name="with_backoff",
-                          hints={TypeError: "The check calls with_backoff(request, max_retries=..., "
-                                            "base_delay=..., sleep=...): keep those keyword "
-                                            "arguments in your signature."})
+                          hints={TypeError: "The check calls with_backoff(request, max_retries=..., base_delay=..., "
+                                            "sleep=...): keep those keyword arguments in your signature."})
     if result != "the result":
         fail(f"with_backoff returned {result!r:.60} for a request that succeeded at once; expected "
              "what the request returned.", "return request() when it does not raise.")
@@ -209,11 +207,10 @@ def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *
         stack.callback(provider.set_limits, rpm=None)
         client = stack.enter_context(provider.client(max_retries=0))
         waits = _backoff_cases(with_backoff, provider, client, rpm)
-    passed(f"with_backoff: before each of 3 retries it waited max(that 429's retry-after, base_delay × "
-           f"2^attempt) seconds (to the microsecond, for retry-afters of {RETRY_AFTERS[:3]} s, with a base "
-           f"delay below and one above them), stopped after max_retries and re-raised the 429, re-raised a "
-           f"401 and a 400 at once, and got through the provider's real rate limit ({rpm} requests per "
-           f"minute) after {waits} wait(s).")
+    passed("with_backoff: before each of 3 retries it waited max(that 429's retry-after, base_delay × 2^attempt) "
+           f"seconds (to the microsecond, for retry-afters of {RETRY_AFTERS[:3]} s, with a base delay below and one "
+           "above them), stopped after max_retries and re-raised the 429, re-raised a 401 and a 400 at once, and got "
+           f"through the provider's real rate limit ({rpm} requests per minute) after {waits} wait(s).")
 
 
 def _waits(retry_afters: list[float], base: float, shift: int = 0, add: bool = False, header: str = "each",
@@ -306,8 +303,7 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
         request, got, raised = _run_backoff(with_backoff, _replaying(real), sleep, max_retries=3,
                                             base_delay=base_delay)
         if request.calls > 1 and not sleep.delays:
-            fail(f"with_backoff retried {request.calls - 1} time(s) without calling the sleep "
-                 "function it was given.",
+            fail(f"with_backoff retried {request.calls - 1} time(s) without calling the sleep function it was given.",
                  "Wait with the `sleep` argument (sleep(seconds)), not time.sleep directly: "
                  "the caller (and this check) decides how waiting is done.")
         return request, sleep, got, raised
@@ -386,8 +382,7 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
         ("the same logprobs listed in another order", before, dict(reversed(list(before.items()))),
          1e-3, "Compare token by token (before[t] with after[t]), not the order of the lists."),
         ("one logprob moved by 0.0001 (below tol=0.001)", before, moved(1e-4), 1e-3,
-         "Floating-point noise is not a new model: use the tolerance, abs(a - b) > tol, "
-         "not a == b."),
+         "Floating-point noise is not a new model: use the tolerance, abs(a - b) > tol, not a == b."),
         ("one logprob up by 0.01", before, moved(1e-2), 1e-3,
          "Check every token, up to the last one in the list."),
         ("one logprob down by 0.01", before, moved(-1e-2), 1e-3,
@@ -431,10 +426,9 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
         if got != expected:
             fail(f"weights_changed returned {got} for {label}; expected {expected}.", hint)
     swap_text = " (the operator's swap in your `after` included)" if swap else ""
-    passed(f"weights_changed: right on {len(cases)} cases{swap_text}: order, noise below tol, "
-           "changes up and down, in the middle of the list and in opposite directions, an absolute "
-           "(not relative) tolerance, a change of exactly tol, a token replaced or dropped, and a "
-           "custom tol.")
+    passed(f"weights_changed: right on {len(cases)} cases{swap_text}: order, noise below tol, changes up and down, in "
+           "the middle of the list and in opposite directions, an absolute (not relative) tolerance, a change of "
+           "exactly tol, a token replaced or dropped, and a custom tol.")
 
 
 # --------------------------------------------------------------------------- exercise 4
@@ -476,8 +470,7 @@ _LOGPROB_MISTAKES: list[tuple[dict[str, Any], str]] = [
     (dict(over_listed=True), "You normalised over the listed tokens only. The API's logprobs are normalised "
                              "over the whole vocabulary: log_softmax over all logits first, then pick the tokens."),
     (dict(kind="log2"), "Those are log base 2. The API uses natural logarithms (log_softmax)."),
-    (dict(position=0), "Off by one position: the next token's distribution is at the LAST position, "
-                       "logits[0, -1]."),
+    (dict(position=0), "Off by one position: the next token's distribution is at the LAST position, logits[0, -1]."),
     (dict(eot=True), "The provider feeds the model exactly the prompt's tokens and adds nothing before them: "
                      "no <|endoftext|>."),
 ]
@@ -539,6 +532,5 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
              f"model gives {expected[worst]:.5f}.",
              "log_softmax(model(input_ids=...).logits[0, -1], dim=-1)[token id], for each token.")
     gap = max(abs(results[t] - api_top[t]) for t in tokens)
-    passed(f"open_model_logprobs: the open model's exact log-probabilities for {len(tokens)} tokens "
-           f"of the API's top {len(api_top)} and for a second prompt. Largest gap between your "
-           f"numbers and the API's: {gap:.1e}.")
+    passed(f"open_model_logprobs: the open model's exact log-probabilities for {len(tokens)} tokens of the API's top "
+           f"{len(api_top)} and for a second prompt. Largest gap between your numbers and the API's: {gap:.1e}.")

@@ -70,8 +70,7 @@ _COST_MISTAKES: list[tuple[dict[str, Any], str]] = [
     (dict(times=True), "Divide the hourly price by the tokens made in an hour; do not multiply them."),
     (dict(swapped=True), "The two arguments are swapped: the function is called "
                          "usd_per_million_tokens(tokens_per_second, usd_per_hour)."),
-    (dict(rounded=True), "You rounded the result (to cents): return the exact value and round only when you "
-                         "print it."),
+    (dict(rounded=True), "You rounded the result (to cents): return the exact value and round only when you print it."),
 ]
 
 
@@ -163,9 +162,8 @@ def check_break_even_tokens_per_month(break_even_tokens_per_month: Callable[...,
                      known_mistakes=mistakes_from(
                          lambda **s: _break_even(usd_per_hour, p_in, p_out, **{"ratio": ratio, "hours": hours, **s}),
                          _break_even_mistakes(ratio, hours, "hours_per_month" in kwargs)),
-                     hint="Monthly GPU bill = $/hour × hours; one output token through the API costs "
-                          "(input_per_output × input price + output price) / 1,000,000; "
-                          "break-even output tokens = bill ÷ that.")
+                     hint="Monthly GPU bill = $/hour × hours; one output token through the API costs (input_per_output "
+                          "× input price + output price) / 1,000,000; break-even output tokens = bill ÷ that.")
     label, usd_per_hour, p_in, p_out, _ = cases[0]
     passed(f"break_even_tokens_per_month: right for {len(cases)} cases; e.g. {label}, 3 input tokens per "
            f"output token: {_break_even(usd_per_hour, p_in, p_out, per=1):,.0f} million output tokens a month.")
@@ -253,8 +251,7 @@ def _explain_hash(got: str, data: bytes, path: Path) -> None:
                  "chunk; do not create a new hash inside the loop.")
     fail(f"sha256_of_file({path.name}) ({size:,} bytes) returned {got[:20]!r}..., expected "
          f"{hashlib.sha256(data).hexdigest()[:20]!r}...",
-         "h = hashlib.sha256(); with open(path, 'rb') as f: read chunks and h.update(chunk); "
-         "return h.hexdigest().")
+         "h = hashlib.sha256(); with open(path, 'rb') as f: read chunks and h.update(chunk); return h.hexdigest().")
 
 
 def check_sha256_of_file(sha256_of_file: Callable[[Path], str]) -> None:
@@ -287,8 +284,7 @@ def check_sha256_of_file(sha256_of_file: Callable[[Path], str]) -> None:
                      "exercise asks for chunks, so that a 5 GB file never has to fit in memory.",
                      "Read f.read(1 << 20) (1 MiB) in a loop until it returns b'', and update() the hash with "
                      "every chunk; f.read() and Path.read_bytes() read the whole file at once.")
-    passed(f"sha256_of_file: matches hashlib for {len(sizes)} files from 0 to {max(sizes):,} bytes, "
-           "read in chunks.")
+    passed(f"sha256_of_file: matches hashlib for {len(sizes)} files from 0 to {max(sizes):,} bytes, read in chunks.")
 
 
 # --------------------------------------------------------------------------- exercise 4
