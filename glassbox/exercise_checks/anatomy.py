@@ -113,11 +113,6 @@ def _count_settings(config: Any) -> list[tuple[dict[str, Any], str]]:
     return mistakes
 
 
-def _count_mistakes(config: Any) -> Mistakes:
-    """(wrong total, hint) pairs for the usual ways of miscounting GPT-2, computed when needed."""
-    return mistakes_from(lambda **overrides: _formula(config, **overrides), _count_settings(config))
-
-
 _NO_MODEL_HINT = ("The exercise is to count from the config's numbers: building the model "
                   "(even on the meta device) and counting its parameters reads the answer.")
 
@@ -158,7 +153,8 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
             got = call_learner(count_parameters, config, name="count_parameters",
                                hints={Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_parameters for {label}",
-                     known_mistakes=_count_mistakes(config), integer=True,
+                     known_mistakes=mistakes_from(lambda **s: _formula(config, **s),
+                                                  _count_settings(config)), integer=True,
                      hint="Go through the module tree: embeddings, then one block "
                           "(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), "
                           "then ln_f.")
@@ -549,11 +545,6 @@ def _llama_settings(config: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     ]
 
 
-def _llama_mistakes(config: dict[str, Any]) -> Mistakes:
-    return mistakes_from(lambda **overrides: _llama_formula(config, **overrides),
-                         _llama_settings(config))
-
-
 def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
     rows = {row["model"]: row for row in data_rows("model_configs.csv")}
     return [
@@ -583,7 +574,8 @@ def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any
                                hints={KeyError: "Use the config's keys: " + ", ".join(config) + ".",
                                       Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_llama_parameters for {label}",
-                     known_mistakes=_llama_mistakes(config), integer=True,
+                     known_mistakes=mistakes_from(lambda **s: _llama_formula(config, **s),
+                                                  _llama_settings(config)), integer=True,
                      hint="Embedding, then per layer: q, k, v, o projections, gate, up, down, two "
                           "norms; then the final norm and, if untied, lm_head.")
         results.append(int(got))

@@ -10,7 +10,9 @@ reference with one setting changed (:func:`mistakes_from`), computed only after 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
+import functools
 import itertools
 import math
 import numbers
@@ -218,19 +220,30 @@ def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
 
 
 def second_gpt2(like: nn.Module, seed: int = 11, vocab_size: int | None = None) -> nn.Module:
-    """A small random GPT-2 whose sizes all differ from ``like``'s (vocabulary: ``like``'s by
-    default).
+    """A small random GPT-2 whose sizes all differ from ``like``'s (vocabulary: ``like``'s by default).
+
+    A learner's function run on it fails with the loaded model's numbers written in (heads,
+    head size, width, layers, epsilon). Its epsilon (1e-2) is close to its activations'
+    variance, so a wrong epsilon shows; biases are not zero. The caller's RNG is left alone.
+    Each call returns a fresh copy.
     """
+    c = like.config
+    return copy.deepcopy(_second_gpt2(c.n_head, c.n_embd, c.n_layer, c.layer_norm_epsilon,
+                                      vocab_size or c.vocab_size, c.bos_token_id, c.eos_token_id, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _second_gpt2(n_head: int, n_embd: int, n_layer: int, eps: float, vocab_size: int,
+                 bos: int | None, eos: int | None, seed: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = like.config
-    n_head = 6 if c.n_head != 6 else 3
-    d_head = 8 if c.n_embd // c.n_head != 8 else 12
-    config = GPT2Config(n_layer=2 if c.n_layer != 2 else 3, n_head=n_head, n_embd=n_head * d_head,
-                        vocab_size=vocab_size or c.vocab_size, n_positions=64,
-                        layer_norm_epsilon=1e-2 if not math.isclose(c.layer_norm_epsilon, 1e-2) else 1e-3,
+    heads = 6 if n_head != 6 else 3
+    d_head = 8 if n_embd // n_head != 8 else 12
+    config = GPT2Config(n_layer=2 if n_layer != 2 else 3, n_head=heads, n_embd=heads * d_head,
+                        vocab_size=vocab_size, n_positions=64,
+                        layer_norm_epsilon=1e-2 if not math.isclose(eps, 1e-2) else 1e-3,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+                        bos_token_id=bos, eos_token_id=eos)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).eval()

@@ -253,6 +253,19 @@ def _attention_mistakes() -> list[tuple[Variant, str]]:
     ]
 
 
+_LN_MISTAKES = [
+    (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
+                             "(x.var(-1, unbiased=False, keepdim=True), or "
+                             "((x - mean) ** 2).mean(-1, keepdim=True))."),
+    (Variant(eps_outside_sqrt=True), "The LayerNorm epsilon goes inside the square root: "
+                                     "sqrt(var + eps), not sqrt(var) + eps."),
+    (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
+                         "each position's vector over its features: axis -1."),
+    (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
+                               "multiply by weight, then add bias."),
+]
+
+
 def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
     """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's,
     LayerNorm's.
@@ -279,10 +292,7 @@ def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
         (Variant(post_norm=True), "You normalised after adding (the original Transformer's "
                                   "post-norm); GPT-2 normalises the input of each sublayer: "
                                   "x + attn(ln_1(x))."),
-        (Variant(unbiased=True), "LayerNorm uses the biased variance (divide by n, not n - 1): "
-                                 "x.var(-1, unbiased=False, keepdim=True)."),
-        (Variant(eps_outside_sqrt=True), "The LayerNorm epsilon goes inside the square root: "
-                                         "sqrt(var + eps), not sqrt(var) + eps."),
+        *_LN_MISTAKES[:2],
     ]
 
 
@@ -357,19 +367,6 @@ def _perturbed_state(sd: Mapping[str, torch.Tensor], layers: Iterable[int],
 
 
 # --------------------------------------------------------------------------- exercise 1
-
-_LN_MISTAKES = [
-    (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
-                             "(x.var(-1, unbiased=False, keepdim=True), or "
-                             "((x - mean) ** 2).mean(-1, keepdim=True))."),
-    (Variant(eps_outside_sqrt=True), "The epsilon goes inside the square root: "
-                                     "sqrt(var + eps), not sqrt(var) + eps."),
-    (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
-                         "each position's vector over its features: axis -1."),
-    (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
-                               "multiply by weight, then add bias."),
-]
-
 
 def _layer_norm_mistakes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                          usual_eps: float) -> Mistakes:

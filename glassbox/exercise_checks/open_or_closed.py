@@ -49,43 +49,34 @@ def _release(weights: bool, code: bool, data: bool, osi: bool, api: bool) -> dic
 
 
 def _release_cases() -> list[tuple[str, dict[str, bool]]]:
-    """Releases to classify. OSI approval and weights come from data/licences.csv; code and
-    data follow the "opencode" and "llmdata" columns of "Opening up ChatGPT"."""
+    """Releases to classify: real ones (weights and OSI terms from data/licences.csv; code and data
+    from the "opencode" and "llmdata" columns of "Opening up ChatGPT"), then made-up ones."""
     licences = {row["model"]: row for row in data_rows("licences.csv")}
-
-    def osi(model: str) -> bool:
-        return licences[model]["osi_approved"] == "yes"
-
-    def weights(model: str) -> bool:
-        return licences[model]["weights_released"] == "yes"
-
-    return [
-        ("TinyGPT (corpus generator, training code, weights, MIT)",
-         _release(weights("TinyGPT"), True, True, osi("TinyGPT"), False)),
-        ("GPT-2 (weights and inference code, MIT; WebText never released)",
-         _release(weights("GPT-2"), False, False, osi("GPT-2"), False)),
-        ("Llama 3 (weights under Meta's community licence; no data, no training code)",
-         _release(weights("Llama 3"), False, False, osi("Llama 3"), True)),
-        ("Mistral 7B (weights under Apache-2.0; no data)",
-         _release(weights("Mistral 7B"), False, False, osi("Mistral 7B"), True)),
-        ("OLMo (weights, training code and the Dolma data, Apache-2.0)",
-         _release(weights("OLMo"), True, True, osi("OLMo"), True)),
-        ("ChatGPT (an app and an API, nothing else)",
-         _release(weights("GPT-4 / ChatGPT"), False, False, osi("GPT-4 / ChatGPT"), True)),
+    real = [  # (label, model in licences.csv, training code, data information, API)
+        ("TinyGPT (corpus generator, training code, weights, MIT)", "TinyGPT", True, True, False),
+        ("GPT-2 (weights and inference code, MIT; WebText never released)", "GPT-2", False, False, False),
+        ("Llama 3 (weights under Meta's community licence; no data, no training code)", "Llama 3",
+         False, False, True),
+        ("Mistral 7B (weights under Apache-2.0; no data)", "Mistral 7B", False, False, True),
+        ("OLMo (weights, training code and the Dolma data, Apache-2.0)", "OLMo", True, True, True),
+        ("ChatGPT (an app and an API, nothing else)", "GPT-4 / ChatGPT", False, False, True)]
+    made_up = [  # (label, weights, training code, data information, OSI terms, API)
         ("weights, training code and data under a licence that restricts uses (not OSI-approved)",
-         _release(True, True, True, False, False)),
-        ("a model used inside a company and never offered to anyone",
-         _release(False, False, False, False, False)),
+         True, True, True, False, False),
+        ("a model used inside a company and never offered to anyone", False, False, False, False, False),
         ("training code and data published, but not the weights; an API serves the model",
-         _release(False, True, True, True, True)),
+         False, True, True, True, True),
         # Training code and data information must each decide the answer on their own.
         ("weights and the complete training code under Apache-2.0, but no data information",
-         _release(True, True, False, True, False)),
+         True, True, False, True, False),
         ("weights and full data information under Apache-2.0, but no training code",
-         _release(True, False, True, True, True)),
+         True, False, True, True, True),
         ("training code and data published, but neither the weights nor any API",
-         _release(False, True, True, True, False)),
-    ]
+         False, True, True, True, False)]
+    return [(label, _release(licences[model]["weights_released"] == "yes", code, data,
+                             licences[model]["osi_approved"] == "yes", api))
+            for label, model, code, data, api in real] + \
+        [(label, _release(*flags)) for label, *flags in made_up]
 
 
 def _classification_hint(release: dict[str, bool], got: str, expected: str) -> str:
@@ -228,11 +219,6 @@ def _cost_settings(row: dict[str, str]) -> list[tuple[dict[str, Any], str]]:
     return settings
 
 
-def _cost_mistakes(row: dict[str, str], n_in: int, n_out: int) -> Mistakes:
-    return mistakes_from(lambda **setting: reference_api_cost(
-        row, **{"input_tokens": n_in, "output_tokens": n_out, **setting}), _cost_settings(row))
-
-
 def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:
     """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every row of
     data/api_prices.csv.
@@ -248,7 +234,9 @@ def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> Non
                                hints={KeyError: "The row's columns are: " + ", ".join(row) + ".",
                                       TypeError: "The prices in the row are text: convert them with float()."})
             check_number(got, expected, f"api_cost for {row['model']} ({row['as_of']}), {what}",
-                         known_mistakes=_cost_mistakes(row, n_in, n_out), rel_tol=1e-9, abs_tol=1e-12,
+                         known_mistakes=mistakes_from(lambda **s: reference_api_cost(
+                             row, **{"input_tokens": n_in, "output_tokens": n_out, **s}),
+                             _cost_settings(row)), rel_tol=1e-9, abs_tol=1e-12,
                          hint="Cost = (input tokens x usd_per_1m_input + output tokens x "
                               "usd_per_1m_output) / 1,000,000.")
     passed(f"api_cost: right for all {len(rows)} dated prices of data/api_prices.csv and "

@@ -133,56 +133,52 @@ def _as_id_list(got: Any, k: int, vocab: int, label: str) -> list[int]:
     return out
 
 
-def _nearest_mistakes(text: str, embeddings: torch.Tensor, tokenizer: Any, k: int,
-                      model_embeddings: torch.Tensor | None
-                      ) -> list[tuple[list[int], str]]:
-    """Answers that one specific mistake produces, each with its hint."""
+def _neighbours(text: str, embeddings: torch.Tensor, tokenizer: Any, k: int, *,
+                measure: str = "cosine", query: str = "mean", largest: bool = True) -> list[int]:
+    """The ``k`` nearest ids to ``text`` (its own excluded); other settings are the usual mistakes."""
     ids = tokenizer.encode(text)
-    own = torch.tensor(ids)
-    out: list[tuple[list[int], str]] = []
+    vectors = embeddings[ids]
+    if query == "unit_mean":
+        vectors = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True).clamp_min(1e-12)
+    q = vectors[{"first": 0, "last": -1}[query]] if query in ("first", "last") else vectors.mean(0)
+    if measure == "columns":
+        unit = embeddings / torch.linalg.vector_norm(embeddings, dim=0).clamp_min(1e-12)
+        scores = unit @ unit[ids].mean(dim=0)
+    else:
+        scores = embeddings @ q if measure == "dot" else _cosine_to_all(embeddings, q)
+    scores[ids] = -math.inf if largest else math.inf
+    return scores.topk(k, largest=largest).indices.tolist()
 
-    def top(scores: torch.Tensor, exclude: Sequence[int] = ids, largest: bool = True) -> list[int]:
-        scores = scores.clone()
-        scores[list(exclude)] = -math.inf if largest else math.inf
-        return scores.topk(k, largest=largest).indices.tolist()
 
-    query = embeddings[own].mean(dim=0)
-    out.append((top(embeddings @ query),
-                "These are the largest dot products, not cosine similarities: long vectors "
-                "win. Divide by the lengths: normalise every row (one token's vector) and the "
-                "query to length 1, F.normalize(E, dim=1); dim=0 would normalise the columns."))
-    unit_columns = embeddings / torch.linalg.vector_norm(embeddings, dim=0).clamp_min(1e-12)
-    out.append((top(unit_columns @ unit_columns[own].mean(dim=0)),
-                "You normalised along the wrong axis: each row (one token's vector, dim=1) "
-                "should get length 1, not each column (dim=0)."))
-    if len(ids) > 1:
-        unit = embeddings[own] / torch.linalg.vector_norm(embeddings[own], dim=1,
-                                                         keepdim=True).clamp_min(1e-12)
-        out.append((top(_cosine_to_all(embeddings, unit.mean(dim=0))),
-                    f"You averaged the normalised vectors of the {len(ids)} tokens of {text!r}. "
-                    "The word's vector is the mean of the token vectors as they are; the cosine "
-                    "then divides by its length."))
-        for position, name in ((0, "first"), (-1, "last")):
-            out.append((top(_cosine_to_all(embeddings, embeddings[ids[position]])),
-                        f"You used only the {name} of the {len(ids)} tokens of {text!r}. "
-                        "Represent the word by the mean of all its tokens' vectors."))
-    sims = _cosine_to_all(embeddings, query)
-    out.append((top(sims, largest=False),
-                "These are the least similar tokens: sort the similarities in decreasing "
-                "order (topk picks the largest by default)."))
-    for variant in {text.strip(), " " + text, text.lower()} - {text}:
-        variant_ids = tokenizer.encode(variant)
-        if variant and variant_ids != ids:
-            variant_sims = _cosine_to_all(embeddings, embeddings[variant_ids].mean(dim=0))
-            out.append((top(variant_sims, exclude=variant_ids),
-                        f"You encoded {variant!r} instead of {text!r}: encode the text exactly "
-                        "as given (the leading space is part of a GPT-2 token)."))
+def _nearest_settings(text: str, tokenizer: Any, model_embeddings: torch.Tensor | None
+                      ) -> list[tuple[dict[str, Any], str]]:
+    """The usual mistakes: (_neighbours's settings, hint)."""
+    n = len(tokenizer.encode(text))
+    settings: list[tuple[dict[str, Any], str]] = [
+        (dict(measure="dot"), "These are the largest dot products, not cosine similarities: long "
+                              "vectors win. Divide by the lengths: normalise every row (one token's "
+                              "vector) and the query to length 1, F.normalize(E, dim=1); dim=0 "
+                              "would normalise the columns."),
+        (dict(measure="columns"), "You normalised along the wrong axis: each row (one token's "
+                                  "vector, dim=1) should get length 1, not each column (dim=0).")]
+    if n > 1:
+        settings.append((dict(query="unit_mean"), f"You averaged the normalised vectors of the {n} "
+                         f"tokens of {text!r}. The word's vector is the mean of the token vectors "
+                         "as they are; the cosine then divides by its length."))
+        settings += [(dict(query=name), f"You used only the {name} of the {n} tokens of {text!r}. "
+                      "Represent the word by the mean of all its tokens' vectors.")
+                     for name in ("first", "last")]
+    settings.append((dict(largest=False), "These are the least similar tokens: sort the "
+                     "similarities in decreasing order (topk picks the largest by default)."))
+    settings += [(dict(text=variant), f"You encoded {variant!r} instead of {text!r}: encode the "
+                  "text exactly as given (the leading space is part of a GPT-2 token).")
+                 for variant in sorted({text.strip(), " " + text, text.lower()} - {text})
+                 if variant and tokenizer.encode(variant) != tokenizer.encode(text)]
     if model_embeddings is not None:
-        model_sims = _cosine_to_all(model_embeddings, model_embeddings[own].mean(dim=0))
-        out.append((top(model_sims),
-                    "These are the neighbours in the loaded model's embeddings, not in the "
-                    "`embeddings` argument: use the matrix you are given."))
-    return out
+        settings.append((dict(embeddings=model_embeddings), "These are the neighbours in the loaded "
+                         "model's embeddings, not in the `embeddings` argument: use the matrix "
+                         "you are given."))
+    return settings
 
 
 @_one_thread
@@ -221,8 +217,9 @@ def check_nearest_neighbours(nearest_neighbours: Callable[..., Any], model: nn.M
                 fail(f"{label} has the right {k} tokens in the wrong order.",
                      "List them most similar first: topk already sorts them.")
             continue
-        for mistake, hint in _nearest_mistakes(text, matrix, tokenizer, k, model_matrix):
-            if set(got_ids) == set(mistake):
+        for setting, hint in _nearest_settings(text, tokenizer, model_matrix):
+            if set(got_ids) == set(_neighbours(**{"text": text, "embeddings": matrix,
+                                                  "tokenizer": tokenizer, "k": k, **setting})):
                 fail(f"{label} gave the wrong tokens.", hint)
         n_right = len(set(got_ids) & set(expected))
         worst = min(got_ids, key=lambda i: float(sims[i]))

@@ -9,6 +9,8 @@ LayerNorm epsilon than TinyGPT's, so an answer with TinyGPT's numbers written in
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,10 +38,22 @@ def passes(check: Callable[..., Any], *args: Any, capsys: Any, **kwargs: Any) ->
     return out
 
 
-def random_gpt2(*, n_layer: int = 2, n_head: int = 4, n_embd: int = 32, vocab_size: int = 50257,
-                n_positions: int = 64, std: float | None = 0.1, matrices_only: bool = False,
-                seed: int = 0, **config: Any) -> GPT2LMHeadModel:
-    """A small random GPT-2 in evaluation mode, without dropout.
+def random_gpt2(**options: Any) -> GPT2LMHeadModel:
+    """A small random GPT-2 in evaluation mode, without dropout (see ``_random_gpt2``).
+
+    Each distinct set of options is built once per session; every call returns a fresh copy
+    and leaves torch's random state exactly where building the model would have left it.
+    """
+    model, rng_state = _random_gpt2(**options)
+    torch.set_rng_state(rng_state)
+    return copy.deepcopy(model)
+
+
+@functools.lru_cache(maxsize=None)
+def _random_gpt2(*, n_layer: int = 2, n_head: int = 4, n_embd: int = 32, vocab_size: int = 50257,
+                 n_positions: int = 64, std: float | None = 0.1, matrices_only: bool = False,
+                 seed: int = 0, **config: Any) -> tuple[GPT2LMHeadModel, torch.Tensor]:
+    """The model and torch's random state after building it.
 
     With ``std``, the weights are redrawn from N(0, std): fresh GPT-2 layers start with zero
     biases and unit LayerNorms, a trained model's are not, and "forgot the bias" mistakes
@@ -55,7 +69,7 @@ def random_gpt2(*, n_layer: int = 2, n_head: int = 4, n_embd: int = 32, vocab_si
             for p in model.parameters():
                 if p.dim() > 1 or not matrices_only:
                     p.normal_(0.0, std)
-    return model
+    return model, torch.get_rng_state()
 
 
 @pytest.fixture(scope="session")
