@@ -233,7 +233,7 @@ def test_backoff_accepts_right_answer_on_its_own_provider(provider, monkeypatch,
         yield provider
 
     monkeypatch.setattr(glassbox.provider, "start_provider", start_provider)
-    check_with_backoff(backoff_ok)
+    check_with_backoff(backoff_ok, rpm=60)  # a request a second: the real wait is 1 s, not 3
     out = capsys.readouterr().out
     assert started == [("tinygpt",)]
     assert out.startswith("✓") and "real rate limit" in out
