@@ -295,24 +295,17 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
 
 # --------------------------------------------------------------------------- exercise 3
 
-def _auc_cases() -> list[tuple[str, list[float], list[float]]]:
-    """Score lists with known structure: ties, unequal sizes, perfect and reversed separation."""
-    g = torch.Generator().manual_seed(11)
-    members = (torch.randn(60, generator=g) + 0.8).tolist()
-    others = torch.randn(45, generator=g).tolist()
-    tied_members = torch.randint(0, 6, (30,), generator=g).float().add(1.0).tolist()
-    tied_others = torch.randint(0, 6, (50,), generator=g).float().tolist()
-    return [
-        ("60 members and 45 non-members, no ties", members, others),
-        ("scores with many ties (whole numbers 0 to 6)", tied_members, tied_others),
-        ("every member scores higher", [5.0, 6.0, 7.5], [1.0, 2.0, 3.0, 4.0]),
-        ("every non-member scores higher", [0.1, 0.2], [0.3, 0.4, 0.5]),
-    ]
-
-
 def check_auc(auc: Callable[[Sequence[float], Sequence[float]], Any]) -> None:
     """Check ``auc(member_scores, nonmember_scores) -> float`` against the rank-sum formula on four cases."""
-    for label, members, others in _auc_cases():
+    g = torch.Generator().manual_seed(11)
+    cases = [("60 members and 45 non-members, no ties", (torch.randn(60, generator=g) + 0.8).tolist(),
+              torch.randn(45, generator=g).tolist()),
+             ("scores with many ties (whole numbers 0 to 6)",
+              torch.randint(0, 6, (30,), generator=g).float().add(1.0).tolist(),
+              torch.randint(0, 6, (50,), generator=g).float().tolist()),
+             ("every member scores higher", [5.0, 6.0, 7.5], [1.0, 2.0, 3.0, 4.0]),
+             ("every non-member scores higher", [0.1, 0.2], [0.3, 0.4, 0.5])]
+    for label, members, others in cases:
         expected = reference_auc(members, others)
         a, b = Counter(members), Counter(others)
         tied = sum(a[v] * b[v] for v in a) / (len(members) * len(others))  # share of tied pairs
@@ -335,17 +328,13 @@ def check_auc(auc: Callable[[Sequence[float], Sequence[float]], Any]) -> None:
 
 # --------------------------------------------------------------------------- exercise 4
 
-def _zlib_sentences() -> list[str]:
-    from glassbox.tinygpt.corpus import heldout_sentences, member_sentences
-
-    return member_sentences()[:2] + heldout_sentences()[:2] + ["The cat sat on the mat. " * 3]
-
-
 def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn.Module,
                      tokenizer: Any) -> None:
     """Check ``zlib_ratio(model, tokenizer, text) -> float`` (mean loss in nats over the zlib-compressed bytes)."""
     name = "zlib_ratio"
-    for text in _zlib_sentences():
+    from glassbox.tinygpt.corpus import heldout_sentences, member_sentences
+
+    for text in member_sentences()[:2] + heldout_sentences()[:2] + ["The cat sat on the mat. " * 3]:
         loss, n_tokens = sentence_loss(model, tokenizer, text, prefix=""), len(tokenizer(text).input_ids)
         compressed = len(zlib.compress(text.encode("utf-8")))
         expected = loss / compressed
