@@ -113,6 +113,11 @@ def _count_settings(config: Any) -> list[tuple[dict[str, Any], str]]:
     return mistakes
 
 
+def _count_mistakes(config: Any) -> Mistakes:
+    """(wrong total, hint) pairs for the usual ways of miscounting GPT-2, computed when needed."""
+    return mistakes_from(lambda **overrides: _formula(config, **overrides), _count_settings(config))
+
+
 _NO_MODEL_HINT = ("The exercise is to count from the config's numbers: building the model "
                   "(even on the meta device) and counting its parameters reads the answer.")
 
@@ -153,8 +158,7 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
             got = call_learner(count_parameters, config, name="count_parameters",
                                hints={Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_parameters for {label}",
-                     known_mistakes=mistakes_from(lambda **s: _formula(config, **s),
-                                                  _count_settings(config)), integer=True,
+                     known_mistakes=_count_mistakes(config), integer=True,
                      hint="Go through the module tree: embeddings, then one block "
                           "(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), "
                           "then ln_f.")
@@ -271,20 +275,9 @@ _LENGTH_HINT = ("The first 8 bytes hold the header's length as an unsigned littl
 
 
 def _reference_header(path: Path) -> dict[str, Any]:
-    """The header, read independently, cross-checked with the safetensors library."""
-    from safetensors import safe_open
-
+    """The header, read with struct and json (tests hold it to the safetensors library's view)."""
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    with safe_open(str(path), framework="pt") as f:
-        names = set(f.keys())
-        for name in names:
-            piece = f.get_slice(name)
-            assert list(piece.get_shape()) == header[name]["shape"]
-            assert piece.get_dtype() == header[name]["dtype"]
-    assert names == {k for k in header if k != "__metadata__"}
-    return header
+        return json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
 
 
 class _CountingReader:
@@ -561,14 +554,9 @@ def _llama_cases() -> list[tuple[str, dict[str, Any]]]:
 
 def check_count_llama_parameters(count_llama_parameters: Callable[[dict[str, Any]], int]) -> None:
     """Check ``count_llama_parameters(config) -> int`` on Llama 3 8B, Mistral 7B and a small config."""
-    rows = {row["model"]: row for row in data_rows("model_configs.csv")}
     results = []
     for label, config in _llama_cases():
         expected = reference_llama_count(config)
-        for model, row in rows.items():
-            if label.startswith(model) and int(row["total_parameters"]) != expected:
-                raise RuntimeError(f"data/model_configs.csv says {model} has {row['total_parameters']} "
-                                   f"parameters; transformers builds {expected:,}")
         with _no_model_built("Llama"):
             got = call_learner(count_llama_parameters, dict(config), name="count_llama_parameters",
                                hints={KeyError: "Use the config's keys: " + ", ".join(config) + ".",

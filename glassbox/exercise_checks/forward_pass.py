@@ -314,37 +314,22 @@ def _prompt_ids(tokenizer: Any, model: nn.Module, prompt: str = CHECK_PROMPT) ->
     return ids[: model.config.n_positions]
 
 
-@dataclass
-class _Run:
-    """What the model's own modules computed for one prompt, captured with forward hooks."""
-
-    streams: list[torch.Tensor]       # the residual stream entering each block, then leaving the last
-    attention_out: list[torch.Tensor]  # each block's attention output (after c_proj)
-    logits: torch.Tensor              # (seq, vocab)
-
-
-def _run_model(model: nn.Module, ids: torch.Tensor) -> _Run:
-    """Run the model once on ``ids`` and capture its intermediate values (no reimplementation)."""
+def _run_model(model: nn.Module, ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The residual stream entering each block (then leaving the last) and each block's attention
+    output, captured with hooks from one run of the model itself."""
     streams: list[torch.Tensor] = []
     attention_out: list[torch.Tensor] = []
-
-    def keep_input(module: nn.Module, args: tuple[Any, ...]) -> None:
-        streams.append(args[0][0].detach())
-
-    def keep_attention(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        out = output[0] if isinstance(output, tuple) else output
-        attention_out.append(out[0].detach())
-
-    hooks = [block.register_forward_pre_hook(keep_input) for block in model.transformer.h]
-    hooks.append(model.transformer.ln_f.register_forward_pre_hook(keep_input))
-    hooks += [block.attn.register_forward_hook(keep_attention) for block in model.transformer.h]
+    hooks = [block.register_forward_pre_hook(lambda m, args: streams.append(args[0][0].detach()))
+             for block in [*model.transformer.h, model.transformer.ln_f]]
+    hooks += [block.attn.register_forward_hook(lambda m, args, out: attention_out.append(
+        (out[0] if isinstance(out, tuple) else out)[0].detach())) for block in model.transformer.h]
     try:
         with torch.no_grad():
-            logits = model(ids[None]).logits[0]
+            model(ids[None])
     finally:
         for hook in hooks:
             hook.remove()
-    return _Run(streams, attention_out, logits)
+    return streams, attention_out
 
 
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -389,9 +374,9 @@ def _layer_norm_mistakes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``layer_norm(x, weight, bias, eps)`` against the model's own LayerNorm modules."""
     ids = _prompt_ids(tokenizer, model)
-    streams = _run_model(model, ids).streams
+    streams = _run_model(model, ids)[0]
     other = second_gpt2(model)
-    other_stream = _run_model(other, ids).streams[0]
+    other_stream = _run_model(other, ids)[0][0]
     d = model.config.n_embd
     gen = torch.Generator().manual_seed(0)
     first, last = model.transformer.h[0].ln_1, model.transformer.h[-1].ln_2
@@ -428,19 +413,6 @@ def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer
 
 # --------------------------------------------------------------------------- exercise 2
 
-def _head_cases(model: nn.Module, run: _Run) -> list[tuple[str, int, int, torch.Tensor]]:
-    """(label, layer, head, input) for the head checks: ln_1 of the stream entering the block."""
-    streams = run.streams
-    n_layer, n_head = model.config.n_layer, model.config.n_head
-    picks = [(0, n_head - 1), (n_layer - 1, min(1, n_head - 1))]
-    cases = []
-    for layer, head in dict.fromkeys(picks):
-        with torch.no_grad():
-            x = model.transformer.h[layer].ln_1(streams[layer])
-        cases.append((f"layer {layer}, head {head}", layer, head, x))
-    return cases
-
-
 def _head_answer(attention_head: Callable[..., Any], x: torch.Tensor, w: torch.Tensor,
                  b: torch.Tensor, n_head: int, head: int) -> tuple[Any, Any]:
     with torch.no_grad():
@@ -449,9 +421,20 @@ def _head_answer(attention_head: Callable[..., Any], x: torch.Tensor, w: torch.T
     return unpack(got, ("pattern", "z"), "attention_head")
 
 
-def _check_head(attention_head: Callable[..., Any], label: str, x: torch.Tensor,
-                w: torch.Tensor, b: torch.Tensor, n_head: int, head: int) -> None:
-    """One head on one input: the pattern, then z, each with the usual mistakes named."""
+def _head_inputs(model: nn.Module, streams: list[torch.Tensor], layer: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ln_1 of the stream entering block ``layer``, and that block's c_attn weight and bias."""
+    block = model.transformer.h[layer]
+    with torch.no_grad():
+        return block.ln_1(streams[layer]), block.attn.c_attn.weight.detach(), \
+            block.attn.c_attn.bias.detach()
+
+
+def _check_head(attention_head: Callable[..., Any], label: str, model: nn.Module,
+                streams: list[torch.Tensor], layer: int, head: int) -> None:
+    """One head of one block: the pattern, then z, each with the usual mistakes named."""
+    n_head = model.config.n_head
+    x, w, b = _head_inputs(model, streams, layer)
     seq, d_head = x.shape[0], x.shape[1] // n_head
     with torch.no_grad():
         pattern, z = reference_attention_head(x, w, b, n_head, head)
@@ -478,41 +461,30 @@ def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
                          tokenizer: Any) -> None:
     """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``."""
     ids = _prompt_ids(tokenizer, model)
-    n_head = model.config.n_head
-    d_head = model.config.n_embd // n_head
-    seq = len(ids)
-    run = _run_model(model, ids)
-    for label, layer, head, x in _head_cases(model, run):
-        attn = model.transformer.h[layer].attn
-        _check_head(attention_head, label, x, attn.c_attn.weight.detach(),
-                    attn.c_attn.bias.detach(), n_head, head)
+    n_layer, n_head = model.config.n_layer, model.config.n_head
+    d_head, seq = model.config.n_embd // n_head, len(ids)
+    streams, attention_out = _run_model(model, ids)
+    for layer, head in dict.fromkeys([(0, n_head - 1), (n_layer - 1, min(1, n_head - 1))]):
+        _check_head(attention_head, f"layer {layer}, head {head}", model, streams, layer, head)
     other = second_gpt2(model)
-    other_label, other_layer, other_head, other_x = _head_cases(other, _run_model(other, ids))[0]
-    other_attn = other.transformer.h[other_layer].attn
-    _check_head(attention_head, f"a second model's {other_label} ({other.config.n_head} heads of "
-                f"{other.config.n_embd // other.config.n_head})", other_x,
-                other_attn.c_attn.weight.detach(), other_attn.c_attn.bias.detach(),
-                other.config.n_head, other_head)
-    # Every head of one layer, then all of them through c_proj: the model's attention output.
-    label, layer, _, x = _head_cases(model, run)[0]
-    attn = model.transformer.h[layer].attn
-    w, b = attn.c_attn.weight.detach(), attn.c_attn.bias.detach()
-    zs = []
-    for h in range(n_head):
-        got_z = _head_answer(attention_head, x, w, b, n_head, h)[1]
-        expected_z = reference_attention_head(x, w, b, n_head, h)[1]
-        zs.append(check_tensor(got_z, expected_z, f"z for layer {layer}, head {h}",
-                               hint=f"Head {h} owns columns {h * d_head} to "
-                                    f"{(h + 1) * d_head - 1} of q, k and v."))
+    c = other.config
+    _check_head(attention_head, f"a second model's layer 0, head {c.n_head - 1} ({c.n_head} heads "
+                f"of {c.n_embd // c.n_head})", other, _run_model(other, ids)[0], 0, c.n_head - 1)
+    # Every head of block 0, then all of them through c_proj: the model's attention output.
+    x, w, b = _head_inputs(model, streams, 0)
+    zs = [check_tensor(_head_answer(attention_head, x, w, b, n_head, h)[1],
+                       reference_attention_head(x, w, b, n_head, h)[1], f"z for layer 0, head {h}",
+                       hint=f"Head {h} owns columns {h * d_head} to {(h + 1) * d_head - 1} of q, k "
+                            "and v.") for h in range(n_head)]
+    c_proj = model.transformer.h[0].attn.c_proj
     with torch.no_grad():
-        combined = torch.cat(zs, dim=-1) @ attn.c_proj.weight + attn.c_proj.bias
-    check_tensor(combined, run.attention_out[layer], f"all {n_head} heads of layer {layer} through c_proj",
+        combined = torch.cat(zs, dim=-1) @ c_proj.weight + c_proj.bias
+    check_tensor(combined, attention_out[0], f"all {n_head} heads of layer 0 through c_proj",
                  hint="The heads' outputs, side by side in head order, then c_proj, should give "
                       "the model's attention output.")
     passed(f"attention_head: the causal pattern ({seq} x {seq}) and output ({seq} x {d_head}) "
-           f"match for two heads and for a head of a second model with {other.config.n_head} "
-           f"heads, and all {n_head} heads of layer {layer} together give the model's own "
-           "attention output.")
+           f"match for two heads and for a head of a second model with {c.n_head} heads, and "
+           f"all {n_head} heads of layer 0 together give the model's own attention output.")
 
 
 # --------------------------------------------------------------------------- exercise 3
@@ -540,7 +512,7 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
                             tokenizer: Any) -> None:
     """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks."""
     ids = _prompt_ids(tokenizer, model)
-    streams = _run_model(model, ids).streams
+    streams = _run_model(model, ids)[0]
     sd = _model_state(model)
     config = model.config
     layers = list(dict.fromkeys([0, config.n_layer - 1]))
@@ -564,7 +536,7 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
                  f"(layer {layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
                  hint="Read every tensor from the sd argument.")
     other = second_gpt2(model)
-    other_streams = _run_model(other, ids).streams
+    other_streams = _run_model(other, ids)[0]
     _check_block(transformer_block, f"transformer_block on block 0 of a second model (width "
                  f"{other.config.n_embd}, {other.config.n_head} heads, eps="
                  f"{other.config.layer_norm_epsilon:g})", other_streams[0], other_streams[1],

@@ -103,25 +103,23 @@ def _classification_hint(release: dict[str, bool], got: str, expected: str) -> s
 
 def check_classify_release(classify_release: Callable[[dict[str, bool]], str]) -> None:
     """Check ``classify_release(release) -> str`` on real and made-up releases."""
-    cases = _release_cases()
+    cases, answers = _release_cases(), ", ".join(repr(x) for x in LABELS)
     for label, release in cases:
         expected = reference_classification(release)
         got = call_learner(classify_release, dict(release), name="classify_release",
                            hints={KeyError: "The dict's keys are: " + ", ".join(release) + "."})
-        check_type(got, str, f"classify_release for {label}",
-                   hint="Return one of: " + ", ".join(repr(x) for x in LABELS) + ".")
+        check_type(got, str, f"classify_release for {label}", hint=f"Return one of: {answers}.")
+        near = got.strip().lower().replace("-", " ").replace("_", " ")
+        if got not in LABELS and near in LABELS:
+            fail(f"For {label} you returned {got!r}; write it exactly as {near!r}.",
+                 f"The four answers are: {answers}.")
+        if got not in LABELS and "free" in near:
+            fail(f"For {label} you returned {got!r}.",
+                 "Free of charge says nothing about openness: a free app can be closed and an "
+                 f"open model can cost money to run. Answer with one of {answers}.")
         if got not in LABELS:
-            near = got.strip().lower().replace("-", " ").replace("_", " ")
-            if near in LABELS:
-                fail(f"For {label} you returned {got!r}; write it exactly as {near!r}.",
-                     "The four answers are: " + ", ".join(repr(x) for x in LABELS) + ".")
-            if "free" in near:
-                fail(f"For {label} you returned {got!r}.",
-                     "Free of charge says nothing about openness: a free app can be closed and an "
-                     "open model can cost money to run. Answer with one of " +
-                     ", ".join(repr(x) for x in LABELS) + ".")
             fail(f"For {label} you returned {got!r}, which is not one of the four answers.",
-                 "Return one of: " + ", ".join(repr(x) for x in LABELS) + ".")
+                 f"Return one of: {answers}.")
         if got != expected:
             fail(f"{label}: expected {expected!r}, got {got!r}.",
                  _classification_hint(release, got, expected))
@@ -133,29 +131,22 @@ def check_classify_release(classify_release: Callable[[dict[str, bool]], str]) -
 # --------------------------------------------------------------------------- exercise 2
 
 _SCORES = {"open": 1.0, "partial": 0.5, "closed": 0.0}
+#: The two openness tables: (file in data/, its published sum column, its name column).
+OPENNESS_TABLES = [("openness_opening_up_chatgpt.csv", "openness_sum_of_14", "llmbase"),
+                   ("openness_osai_index.csv", "sum_of_12", "name")]
 
 
-def _table(name: str, n_dimensions: int, sum_column: str) -> tuple[list[str], list[dict[str, str]]]:
-    rows = data_rows(name)
-    columns = list(rows[0])
-    dimensions = [c for c in columns if all(r[c] in _SCORES for r in rows)]
-    if len(dimensions) != n_dimensions:
-        raise RuntimeError(f"{name}: found {len(dimensions)} scored columns, expected {n_dimensions}")
-    for row in rows:  # the published sums follow open = 1, partial = 0.5, closed = 0
-        own = sum(_SCORES[row[d]] for d in dimensions)
-        if not math.isclose(own, float(row[sum_column])):
-            raise RuntimeError(f"{name}: the published sum for {row['yaml']} is {row[sum_column]}, "
-                               f"the scores add up to {own}")
-    return dimensions, rows
+def _dimensions(rows: list[dict[str, str]]) -> list[str]:
+    """The scored columns of an openness table (tests check its sums follow ``_SCORES``)."""
+    return [c for c in rows[0] if all(r[c] in _SCORES for r in rows)]
 
 
 def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], float]) -> None:
     """Check ``openness_score(row, dimensions) -> float`` against the published sums."""
-    tables = [("openness_opening_up_chatgpt.csv", 14, "openness_sum_of_14", "llmbase"),
-              ("openness_osai_index.csv", 12, "sum_of_12", "name")]
     n_rows = 0
-    for name, n_dims, sum_column, name_column in tables:
-        dimensions, rows = _table(name, n_dims, sum_column)
+    for name, sum_column, name_column in OPENNESS_TABLES:
+        rows = data_rows(name)
+        dimensions = _dimensions(rows)
         for row in rows:
             expected = float(row[sum_column])
             counts = {value: sum(row[d] == value for d in dimensions) for value in _SCORES}
@@ -323,37 +314,38 @@ def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, boo
             if got == expected:
                 continue
             threshold = row[MAU_COLUMN].strip()
-            case = f"{row['model']} ({row['licence']}), {who}: expected {expected!r}, got {got!r}."
-            if expected == "unknown":
-                fail(case, f"The row does not establish this (commercial_use {row['commercial_use']!r}, "
-                           f"outputs {row['outputs_to_train_other_models']!r}). 'unknown' is not 'no' "
-                           "and not 'yes': it is its own answer, until someone reads the terms.")
-            if row["weights_released"] != "yes":
-                fail(case, "No weights were released, so there is nothing to licence or to run "
-                           "yourself: the answer is 'no'.")
-            if threshold.isdigit() and at_release <= int(threshold) < now and got == "no":
-                fail(case, "The 700 million clause is a test made once: the monthly active users in "
-                           "the month before the licence's release date. A service that grows later "
-                           "is not caught by it: use users_at_release, not users_now.")
-            if threshold.isdigit() and at_release == int(threshold) and got == "no":
-                fail(case, "The clause applies above the threshold: exactly 700,000,000 users is "
-                           "still under it; 700,000,001 is not (use >, not >=).")
-            if threshold.isdigit() and at_release > int(threshold) and got != "no":
-                fail(case, f"This licence needs a separate licence from Meta when the users in the "
-                           f"month before the release exceeded {int(threshold):,}.")
-            if row["commercial_use"] == "no" and got != "no":
-                fail(case, "This licence does not allow commercial use, whatever its other terms say: "
-                           "the answer is 'no'.")
-            if train and row["outputs_to_train_other_models"] == "forbidden" and got != "no":
-                fail(case, "This licence forbids using the outputs to improve other language models "
-                           "(Llama 2 and Llama 3; Llama 3.1 dropped that ban).")
-            if train and row["outputs_to_train_other_models"] == "allowed with conditions" and got == "no":
-                fail(case, "'allowed with conditions' is allowed: Llama 3.1 asks for attribution "
-                           "('Llama' at the start of the new model's name), Gemma passes its terms on "
-                           "to the new model.")
-            fail(case, "Check, in order: weights released, the release-date users test (if any), "
-                       "commercial use, and the outputs clause when train_other_model is true; any "
-                       "'no' wins, then any 'unknown'.")
+            limit = int(threshold) if threshold.isdigit() else None
+            outputs = row["outputs_to_train_other_models"] if train else None
+            hints = [  # (does it apply, hint), the first that applies is given
+                (expected == "unknown",
+                 f"The row does not establish this (commercial_use {row['commercial_use']!r}, outputs "
+                 f"{row['outputs_to_train_other_models']!r}). 'unknown' is not 'no' and not 'yes': it "
+                 "is its own answer, until someone reads the terms."),
+                (row["weights_released"] != "yes", "No weights were released, so there is nothing to "
+                 "licence or to run yourself: the answer is 'no'."),
+                (limit is not None and at_release <= limit < now and got == "no",
+                 "The 700 million clause is a test made once: the monthly active users in the month "
+                 "before the licence's release date. A service that grows later is not caught by it: "
+                 "use users_at_release, not users_now."),
+                (limit is not None and at_release == limit and got == "no",
+                 "The clause applies above the threshold: exactly 700,000,000 users is still under "
+                 "it; 700,000,001 is not (use >, not >=)."),
+                (limit is not None and at_release > limit and got != "no",
+                 "This licence needs a separate licence from Meta when the users in the month before "
+                 f"the release exceeded {limit or 0:,}."),
+                (row["commercial_use"] == "no" and got != "no", "This licence does not allow "
+                 "commercial use, whatever its other terms say: the answer is 'no'."),
+                (outputs == "forbidden" and got != "no", "This licence forbids using the outputs to "
+                 "improve other language models (Llama 2 and Llama 3; Llama 3.1 dropped that ban)."),
+                (outputs == "allowed with conditions" and got == "no", "'allowed with conditions' is "
+                 "allowed: Llama 3.1 asks for attribution ('Llama' at the start of the new model's "
+                 "name), Gemma passes its terms on to the new model."),
+            ]
+            fail(f"{row['model']} ({row['licence']}), {who}: expected {expected!r}, got {got!r}.",
+                 next((hint for applies, hint in hints if applies),
+                      "Check, in order: weights released, the release-date users test (if any), "
+                      "commercial use, and the outputs clause when train_other_model is true; any "
+                      "'no' wins, then any 'unknown'."))
     n_made = len(_made_up_licences(list(rows[0])))
     passed(f"licence_answer: right for all {len(rows)} licences ({len(rows) - n_made} from data/licences.csv, "
            f"{n_made} made up to separate its columns) in {len(SITUATIONS)} situations each; unknown stays "

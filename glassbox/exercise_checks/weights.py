@@ -326,51 +326,39 @@ def check_position_pca(position_pca: Callable[..., Any], model: nn.Module) -> No
     cases = [("the loaded model's position embeddings", wpe, 3),
              ("40 positions with a large common offset", synthetic, 2)]
     for where, matrix, n in cases:
-        got = call_learner(position_pca, matrix, n, name="position_pca",
-                           protect={"positions": matrix})
         label = f"position_pca on {where}, n_components={n}"
-        coords, ratios = unpack(got, ("coords", "ratios"), label)
+        coords, ratios = unpack(call_learner(position_pca, matrix, n, name="position_pca",
+                                             protect={"positions": matrix}), ("coords", "ratios"), label)
         exp_coords, exp_ratios = reference_position_pca(matrix, n)
-        scale = float(exp_coords.abs().max())
-        atol = 1e-4 * scale
+        atol = 1e-4 * float(exp_coords.abs().max())
+        what = f"The coords tensor for {where}, n_components={n}"
         if isinstance(ratios, torch.Tensor) and isinstance(coords, torch.Tensor) \
                 and ratios.dim() == 2 and coords.dim() == 1:
             fail(f"{label}: the pair is the wrong way round: coords first, then ratios.",
                  "return coords, ratios")
-        ratios_right = close(ratios, exp_ratios, rtol=1e-3, atol=1e-5)
-        coords_right = isinstance(coords, torch.Tensor) and coords.is_floating_point() \
-            and _match_up_to_sign(coords.detach().to(exp_coords.dtype), exp_coords, 1e-3, atol)
-        if ratios_right and coords_right:
-            continue
-        ratio_mistakes, coord_mistakes = _pca_mistakes(matrix, n)
-        if not ratios_right:
-            check_tensor(ratios, exp_ratios, f"the ratios tensor for {where}, n_components={n}",
-                         rtol=1e-3, atol=1e-5, known_mistakes=ratio_mistakes,
-                         hint="ratio_i = s_i² / Σ s² for the singular values s of the centred "
-                              "matrix.")
-        if isinstance(coords, torch.Tensor) and coords.is_floating_point() \
-                and coords.shape == exp_coords.shape and not torch.isnan(coords).any():
-            coords = coords.detach().to(exp_coords.dtype)
-            for mistake, hint in coord_mistakes:
-                if _match_up_to_sign(coords, mistake, 1e-3, atol):
-                    fail(f"The coords tensor for {where}, n_components={n}, has the right shape but the wrong "
-                         "values.", hint)
-            coords = _align_signs(coords, exp_coords)
-        elif isinstance(coords, torch.Tensor) and coords.is_floating_point() \
-                and coords.shape == exp_coords.T.shape \
-                and _match_up_to_sign(coords.detach().T.to(exp_coords.dtype), exp_coords,
-                                      1e-3, atol):
-            fail(f"The coords tensor for {where}, n_components={n}, has shape {tuple(coords.shape)}, expected "
-                 f"{tuple(exp_coords.shape)}: this is the transpose of the right answer.",
+        check_tensor(ratios, exp_ratios, f"the ratios tensor for {where}, n_components={n}",
+                     rtol=1e-3, atol=1e-5, known_mistakes=lambda: _pca_mistakes(matrix, n)[0],
+                     hint="ratio_i = s_i² / Σ s² for the singular values s of the centred matrix.")
+        c = coords.detach().to(exp_coords.dtype) \
+            if isinstance(coords, torch.Tensor) and coords.is_floating_point() else None
+        if c is not None and c.shape == exp_coords.shape and not torch.isnan(c).any():
+            if not _match_up_to_sign(c, exp_coords, 1e-3, atol):
+                for mistake, hint in _pca_mistakes(matrix, n)[1]:
+                    if _match_up_to_sign(c, mistake, 1e-3, atol):
+                        fail(f"{what} has the right shape but the wrong values.", hint)
+            coords = _align_signs(c, exp_coords)
+        elif c is not None and c.shape == exp_coords.T.shape \
+                and _match_up_to_sign(c.T, exp_coords, 1e-3, atol):
+            fail(f"{what} has shape {tuple(c.shape)}, expected {tuple(exp_coords.shape)}: this is "
+                 "the transpose of the right answer.",
                  "One row per position, one column per component: centred @ Vh[:n].T.")
         elif isinstance(coords, torch.Tensor) and coords.shape == (matrix.shape[1], n) \
                 and matrix.shape[0] != matrix.shape[1]:
-            fail(f"The coords tensor for {where}, n_components={n}, has shape {tuple(coords.shape)}: these are the "
-                 f"{n} principal directions, one value per feature.",
-                 f"Project the centred positions onto them: (x - mean) @ Vh[:{n}].T has one "
-                 "row per position.")
-        check_tensor(coords, exp_coords, f"the coords tensor for {where}, n_components={n} (signs aligned)",
-                     rtol=1e-3, atol=atol,
+            fail(f"{what} has shape {tuple(coords.shape)}: these are the {n} principal directions, "
+                 "one value per feature.", f"Project the centred positions onto them: "
+                                           f"(x - mean) @ Vh[:{n}].T has one row per position.")
+        check_tensor(coords, exp_coords, f"the coords tensor for {where}, n_components={n} (signs "
+                     "aligned)", rtol=1e-3, atol=atol,
                      hint="coords = (x - x.mean(dim=0)) @ Vh[:n].T, with Vh from "
                           "torch.linalg.svd(x - x.mean(dim=0), full_matrices=False).")
     n_pos = wpe.shape[0]

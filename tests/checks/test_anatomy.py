@@ -635,3 +635,16 @@ def test_count_llama_parameters_building_the_model_is_named() -> None:
             return sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**c)).parameters())
 
     fails_with(check_count_llama_parameters, builds, match="building a Llama model ran inside")
+
+
+def test_reference_header_agrees_with_the_safetensors_library(safetensors_file) -> None:
+    from safetensors import safe_open
+
+    from glassbox.exercise_checks import anatomy
+    header = anatomy._reference_header(safetensors_file)
+    with safe_open(str(safetensors_file), framework="pt") as f:
+        assert set(f.keys()) == {k for k in header if k != "__metadata__"}
+        for name in f.keys():
+            piece = f.get_slice(name)
+            assert list(piece.get_shape()) == header[name]["shape"]
+            assert piece.get_dtype() == header[name]["dtype"]

@@ -336,3 +336,15 @@ def test_cost_rejects_each_named_mistake(setting, hint) -> None:
         return reference_api_cost(row, **{"input_tokens": n_in, "output_tokens": n_out, **setting})
 
     fails_with(check_api_cost, wrong, match=hint[:45])
+
+
+@pytest.mark.parametrize("name, sum_column, name_column", open_or_closed.OPENNESS_TABLES)
+def test_openness_published_sums_follow_the_points(name, sum_column, name_column) -> None:
+    """The check's reference is each table's published sum: it must be open = 1, partial = 0.5, closed = 0."""
+    with (DATA_DIR / name).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    dimensions = open_or_closed._dimensions(rows)
+    assert len(dimensions) == int(sum_column.rsplit("_", 1)[1])  # 14 and 12 dimensions
+    for row in rows:
+        own = sum(open_or_closed._SCORES[row[d]] for d in dimensions)
+        assert own == pytest.approx(float(row[sum_column]), abs=1e-9), row[name_column]
