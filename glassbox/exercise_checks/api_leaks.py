@@ -104,11 +104,9 @@ def _model_logprobs(model: nn.Module, n: int, seed: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch.Tensor,
-              what: str) -> int:
+def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch.Tensor, what: str) -> int:
     """The learner's estimate for ``matrix`` as an int (the matrix must come back unchanged)."""
-    got = call_learner(estimate_hidden_size, matrix, name="estimate_hidden_size",
-                       protect={"matrix": matrix},
+    got = call_learner(estimate_hidden_size, matrix, name="estimate_hidden_size", protect={"matrix": matrix},
                        hints={IndexError: "Take every size from the matrix you are given "
                                           "(logprobs.shape), never from the loaded model."})
     if isinstance(got, torch.Tensor) and got.numel() != 1:
@@ -118,16 +116,14 @@ def _estimate(estimate_hidden_size: Callable[[torch.Tensor], Any], matrix: torch
                          hint="Return one whole number, the estimate of h: int(...) of the index you found."))
 
 
-def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any],
-                               model: nn.Module) -> None:
+def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
     """Check ``estimate_hidden_size(logprobs) -> int`` on matrices of known rank and on two models' log-probs
     (where ``n_embd`` or ``n_embd - 1`` is accepted: a LayerNorm with zero bias removes one direction)."""
     n, m, rank = 40, 300, 13
     plain = _low_rank_matrix(n, m, rank, row_offsets=False, seed=7)
     shifted = _low_rank_matrix(n, m, rank, row_offsets=True, seed=7)
     got_plain = _estimate(estimate_hidden_size, plain, f"a {n} x {m} matrix of rank {rank}")
-    got_shifted = _estimate(estimate_hidden_size, shifted,
-                            "the same matrix with a constant added to each row")
+    got_shifted = _estimate(estimate_hidden_size, shifted, "the same matrix with a constant added to each row")
     head = f"On a {n} x {m} matrix of rank {rank} (built by the check)"
     skip_hint = ("The first singular value is large because every row shares a big common part "
                  "(the average row, like the average logits of all prompts): lambda_1/lambda_2 "
@@ -135,8 +131,7 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
     if got_plain == 1 or got_shifted == 1:
         fail(f"{head}, your estimate is 1.", skip_hint)
     if got_plain == 0:
-        fail(f"{head}, your estimate is 0.",
-             "The largest singular value always comes first: look at the ratios "
+        fail(f"{head}, your estimate is 0.", "The largest singular value always comes first: look at the ratios "
              "lambda_i / lambda_(i+1) of neighbours, not at the singular values themselves.")
     if got_plain == rank - 1:
         fail(f"{head}, you estimated {got_plain}: off by one.",
@@ -204,8 +199,7 @@ def _biased_top_k(model: nn.Module, tokenizer: Any, prompt: str, logit_bias: dic
     return {tokenizer.decode([t]): float(v) for v, t in zip(top.values, top.indices.tolist())}, logits
 
 
-def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Module,
-                            tokenizer: Any) -> None:
+def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``logit_differences(top_logprobs, logit_bias, token_ids, reference_id) -> dict`` on top-5 answers
     built from the loaded model as a pre-2024 API returned them (the bias applied), to 1e-3."""
     tokens = _word_tokens(tokenizer, 14, seed=3)
@@ -224,10 +218,8 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
         reference_id = list(bias)[2 if index == len(cases) - 1 else 0]
         token_ids = {tokenizer.decode([t]): t for t in bias}
         top, logits = _biased_top_k(model, tokenizer, prompt, bias)
-        got = call_learner(logit_differences, dict(top), dict(bias), dict(token_ids), reference_id,
-                           name=name)
-        check_type(got, dict, f"{name} ({label})",
-                   hint="Return a dict {token id: logit(token) - logit(reference)}.")
+        got = call_learner(logit_differences, dict(top), dict(bias), dict(token_ids), reference_id, name=name)
+        check_type(got, dict, f"{name} ({label})", hint="Return a dict {token id: logit(token) - logit(reference)}.")
         shown = [t for s, t in token_ids.items() if s in top]
         expected = {t: float(logits[t] - logits[reference_id]) for t in shown}
         try:
@@ -328,8 +320,7 @@ def check_auc(auc: Callable[[Sequence[float], Sequence[float]], Any]) -> None:
 
 # --------------------------------------------------------------------------- exercise 4
 
-def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn.Module,
-                     tokenizer: Any) -> None:
+def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``zlib_ratio(model, tokenizer, text) -> float`` (mean loss in nats over the zlib-compressed bytes)."""
     name = "zlib_ratio"
     from glassbox.tinygpt.corpus import heldout_sentences, member_sentences
@@ -357,8 +348,7 @@ def check_zlib_ratio(zlib_ratio: Callable[[nn.Module, Any, str], Any], model: nn
                                                                "bytes; compress it first."))
         got = call_learner(zlib_ratio, model, tokenizer, text, name=name, model=model,
                            hints={TypeError: "zlib.compress needs bytes: text.encode('utf-8')."})
-        check_number(got, expected, f"{name} for {text[:40]!r}", known_mistakes=mistakes,
-                     rel_tol=1e-4,
+        check_number(got, expected, f"{name} for {text[:40]!r}", known_mistakes=mistakes, rel_tol=1e-4,
                      hint="loss = model(ids, labels=ids).loss; divide by len(zlib.compress(text.encode('utf-8'))).")
     passed("zlib_ratio: the model's loss over the zlib-compressed length, right for member, "
            "held-out and repetitive text.")

@@ -80,8 +80,7 @@ def _other(pronoun: str) -> str:
 _SPACE_HINT = ("The API returns tokens with their leading space (' herself'); compare sample.strip() with the pronoun.")
 
 
-def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequence[str],
-                            pronoun: str) -> None:
+def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequence[str], pronoun: str) -> None:
     """Check ``sampling_estimate(samples, pronoun, z=1.96) -> (estimate, low, high)`` (a share among the pronoun
     samples and its Wilson interval) on the learner's API samples and made-up lists."""
     made_up = [" herself"] * 30 + [" himself"] * 10 + [" the"] * 5 + ["\n"] * 2
@@ -102,12 +101,10 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
         k, n = _pronoun_counts(case_samples, case_pronoun)
         expected = k / n
         low_ref, high_ref = wilson_interval(k, n, z)
-        got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z,
-                           name="sampling_estimate", hints=hints)
+        got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z, name="sampling_estimate", hints=hints)
         estimate, low, high = _numbers(got, ("estimate", "low", "high"), f"sampling_estimate for {label}")
         where = f"for {label} ({k} of {n} pronoun samples are '{case_pronoun}')"
-        check_number(estimate, expected, f"The estimate {where}", rel_tol=1e-6, abs_tol=1e-6,
-                     known_mistakes=[
+        check_number(estimate, expected, f"The estimate {where}", rel_tol=1e-6, abs_tol=1e-6, known_mistakes=[
                          (k / len(case_samples), "You divided by every sample. Divide by the samples "
                                                  "that are one of the two pronouns: the skew is "
                                                  "P(pronoun) / (P(herself) + P(himself))."),
@@ -205,8 +202,7 @@ def check_exact_ratio(exact_ratio: Callable[..., Any], model: Any, tokenizer: An
         expected = reference_exact_ratio(lm, tokenizer, occ, pron)
         got = call_learner(exact_ratio, lm, tokenizer, occ, pron, name="exact_ratio", model=lm)
         check_number(got, expected, f"exact_ratio(model, tokenizer, {occ!r}, {pron!r}){who}",
-                     known_mistakes=lambda: _ratio_mistakes(lm, tokenizer, occ, pron),
-                     rel_tol=1e-4, abs_tol=1e-6,
+                     known_mistakes=lambda: _ratio_mistakes(lm, tokenizer, occ, pron), rel_tol=1e-4, abs_tol=1e-6,
                      hint="For each prompt: probs = softmax(logits[0, -1]) after EOT + prompt; ratio = probs[id] / "
                           "(probs[herself] + probs[himself]). Then average.")
         results.append((occ, pron, expected))
@@ -235,8 +231,7 @@ def reference_corpus_count(text: str, occupation: str, pronoun: str) -> tuple[in
     return k, n
 
 
-def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: str,
-                       pronoun: str) -> None:
+def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: str, pronoun: str) -> None:
     """Check ``corpus_count(text, occupation, pronoun) -> (k, n)`` (the word right after the occupation is the
     pronoun; is either pronoun) on the training text and on ``TRAP_TEXT``."""
     cases = [("the training text", text, occupation, pronoun),
@@ -255,8 +250,7 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
         if (k, n) == (n_ref, k_ref) and k_ref != n_ref:
             fail(f"{head}: the two are swapped.", "Return (k, n): k for the pronoun, n for both.")
         sentences = corpus.split_sentences(case_text)
-        same_sentence = sum(1 for s in sentences if re.search(rf"\b{occ}\b", s)
-                            and re.search(rf"\b{pron}\b", s))
+        same_sentence = sum(1 for s in sentences if re.search(rf"\b{occ}\b", s) and re.search(rf"\b{pron}\b", s))
         if k == len(case_text.split(f"{occ} {pron}")):
             fail(f"{head}: k is off by one.", "text.split(x) gives one more piece than there are "
                                               "x in the text; use text.count(x), or subtract 1.")
@@ -265,8 +259,7 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
                  "The skew was planted in one slot: the word RIGHT AFTER the occupation. "
                  f"Count '{occ} {pron}' as two adjacent words.")
         if k != k_ref and k == len(re.findall(rf"\b{pron}\b", case_text)):
-            fail(f"{head}: k counts the pronoun after every occupation.",
-                 f"Count only where it follows '{occ}'.")
+            fail(f"{head}: k counts the pronoun after every occupation.", f"Count only where it follows '{occ}'.")
         if k == k_ref and n == len(re.findall(rf"\b{occ}\b", case_text)):
             fail(f"{head}: n counts every mention of '{occ}'.",
                  "n should count only the places where a pronoun follows the occupation "
@@ -390,8 +383,7 @@ def _share_cases(pronoun: str, api_tops: Sequence[dict[str, float]]) -> list[tup
         ("both pronouns shown", {target: math.log(0.6), other: math.log(0.2), " was": math.log(0.1)}),
         (f"{other.strip()!r} cut off by the top k", {target: math.log(0.7), " was": math.log(0.2),
                                                      " had": math.log(0.04)}),
-        (f"{pronoun!r} cut off by the top k", {other: math.log(0.5), " the": math.log(0.3),
-                                               " a": math.log(0.02)}),
+        (f"{pronoun!r} cut off by the top k", {other: math.log(0.5), " the": math.log(0.3), " a": math.log(0.02)}),
         (f"{other.strip()!r} cut off, {pronoun!r} the least likely token shown",
          {" was": math.log(0.5), " had": math.log(0.3), target: math.log(0.1)}),
         ("neither pronoun shown", {" the": math.log(0.5), " a": math.log(0.3)}),

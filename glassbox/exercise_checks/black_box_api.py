@@ -87,8 +87,7 @@ def check_batch_cost(batch_cost: Callable[..., Any], usages: Sequence[Any],
             fail(f"The check needs the `usage` objects of your calls (response.usage), got {type(usage).__name__}.")
     made_up = [CompletionUsage(prompt_tokens=1200, completion_tokens=300, total_tokens=1500),
                CompletionUsage(prompt_tokens=7, completion_tokens=1, total_tokens=8)]
-    cases = [(f"your {len(usages)} calls priced as {row['model']} (as of {row['as_of']})", usages, row)
-             for row in rows]
+    cases = [(f"your {len(usages)} calls priced as {row['model']} (as of {row['as_of']})", usages, row) for row in rows]
     cases += [("a made-up batch of 1,207 prompt and 301 completion tokens", made_up, rows[0]),
               ("an empty batch", [], rows[0])]
     for label, batch, row in cases:
@@ -136,8 +135,7 @@ def _replaying(real: openai.RateLimitError) -> Callable[[], Any]:
     def request() -> Any:
         wait = next(seconds)
         headers = {**real.response.headers, "retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"}
-        response = httpx.Response(429, headers=headers, content=real.response.content,
-                                  request=real.response.request)
+        response = httpx.Response(429, headers=headers, content=real.response.content, request=real.response.request)
         raise openai.RateLimitError(real.message, response=response, body=real.body)
     return request
 
@@ -181,8 +179,7 @@ def _run_backoff(with_backoff: Callable[..., Any], request: Callable[[], Any], s
         return log, None, exc
 
 
-def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *,
-                       rpm: int = BACKOFF_RPM) -> None:
+def check_with_backoff(with_backoff: Callable[..., Any], provider: Any = None, *, rpm: int = BACKOFF_RPM) -> None:
     """Check ``with_backoff(request, max_retries=4, base_delay=0.5, sleep=time.sleep)`` on the provider's 429s.
 
     ``provider`` is the notebook's running course provider (its rate limit is set to ``rpm`` and lifted at
@@ -237,15 +234,13 @@ _WAIT_MISTAKES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_delay: float,
-                 case: str) -> None:
+def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_delay: float, case: str) -> None:
     """Each wait must be max(that 429's retry-after, base_delay * 2**attempt), to 1e-6 s."""
     retry_afters = [_retry_after(e) for e in errors][:len(delays)]
     expected = _waits(retry_afters, base_delay)
 
     def same(got: list[float], want: list[float]) -> bool:
-        return len(got) == len(want) and all(math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-6)
-                                             for g, w in zip(got, want))
+        return len(got) == len(want) and all(math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-6) for g, w in zip(got, want))
 
     if same(delays, expected):
         return
@@ -261,27 +256,22 @@ def _check_waits(delays: list[float], errors: list[openai.APIStatusError], base_
                "float(error.response.headers['retry-after']) of the error you just caught.")
 
 
-def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: openai.OpenAI,
-                   rpm: int) -> int:
+def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: openai.OpenAI, rpm: int) -> int:
     """The cases of :func:`check_with_backoff` against a running provider; returns the real waits."""
 
     def completion() -> Any:
-        return client.completions.create(model=provider.model_name, prompt="The nurse",
-                                          max_tokens=1, temperature=0)
+        return client.completions.create(model=provider.model_name, prompt="The nurse", max_tokens=1, temperature=0)
 
     # 1. other errors are re-raised at once, without retrying (no rate limit yet: the too-long
     # prompt really meets the context check, 400)
     provider.set_limits(rpm=None)
-    with openai.OpenAI(base_url=provider.base_url, api_key="sk-not-a-real-key",
-                       max_retries=0) as wrong_key:
+    with openai.OpenAI(base_url=provider.base_url, api_key="sk-not-a-real-key", max_retries=0) as wrong_key:
         too_long = " village" * 4000
         others = [
             ("a wrong key (401)", openai.AuthenticationError,
-             lambda: wrong_key.completions.create(model=provider.model_name, prompt="The nurse",
-                                                  max_tokens=1)),
+             lambda: wrong_key.completions.create(model=provider.model_name, prompt="The nurse", max_tokens=1)),
             ("a prompt longer than the context (400)", openai.BadRequestError,
-             lambda: client.completions.create(model=provider.model_name, prompt=too_long,
-                                               max_tokens=1)),
+             lambda: client.completions.create(model=provider.model_name, prompt=too_long, max_tokens=1)),
         ]
         for label, error_type, call in others:
             sleep = _Sleep()
@@ -300,8 +290,7 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
 
     def replayed(base_delay: float) -> tuple[SimpleNamespace, _Sleep, Any, BaseException | None]:
         sleep = _Sleep()
-        request, got, raised = _run_backoff(with_backoff, _replaying(real), sleep, max_retries=3,
-                                            base_delay=base_delay)
+        request, got, raised = _run_backoff(with_backoff, _replaying(real), sleep, max_retries=3, base_delay=base_delay)
         if request.calls > 1 and not sleep.delays:
             fail(f"with_backoff retried {request.calls - 1} time(s) without calling the sleep function it was given.",
                  "Wait with the `sleep` argument (sleep(seconds)), not time.sleep directly: "
@@ -352,15 +341,13 @@ def _backoff_cases(with_backoff: Callable[..., Any], provider: Any, client: open
 
 # --------------------------------------------------------------------------- exercise 3
 
-def reference_weights_changed(before: Mapping[str, float], after: Mapping[str, float],
-                              tol: float = 1e-3) -> bool:
+def reference_weights_changed(before: Mapping[str, float], after: Mapping[str, float], tol: float = 1e-3) -> bool:
     """True if the top-k tokens differ or a shared token's logprob moved by more than ``tol``."""
     return set(before) != set(after) or any(abs(before[t] - after[t]) > tol for t in before)
 
 
 def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[str, float],
-                          repeat: Mapping[str, float] | None = None,
-                          after: Mapping[str, float] | None = None) -> None:
+                          repeat: Mapping[str, float] | None = None, after: Mapping[str, float] | None = None) -> None:
     """Check ``weights_changed(before, after, tol=1e-3) -> bool`` on the learner's and made-up top-k dicts."""
     check_type(before, Mapping, "before (the top-k logprobs the notebook passed)")
     if len(before) < 2:
@@ -383,8 +370,7 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
          1e-3, "Compare token by token (before[t] with after[t]), not the order of the lists."),
         ("one logprob moved by 0.0001 (below tol=0.001)", before, moved(1e-4), 1e-3,
          "Floating-point noise is not a new model: use the tolerance, abs(a - b) > tol, not a == b."),
-        ("one logprob up by 0.01", before, moved(1e-2), 1e-3,
-         "Check every token, up to the last one in the list."),
+        ("one logprob up by 0.01", before, moved(1e-2), 1e-3, "Check every token, up to the last one in the list."),
         ("one logprob down by 0.01", before, moved(-1e-2), 1e-3,
          "A logprob that went DOWN changed too: compare abs(before - after) with tol."),
         ("a token replaced by another", before,
@@ -456,8 +442,7 @@ def _logprobs(model: Any, tokenizer: Any, ids: list[int], tokens: Sequence[str],
     return {t: float(values[i]) for t, i in zip(tokens, token_ids)}
 
 
-def reference_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int],
-                       tokens: Sequence[str]) -> dict[str, float]:
+def reference_logprobs(model: Any, tokenizer: Any, prompt_ids: list[int], tokens: Sequence[str]) -> dict[str, float]:
     """The open model's exact log-probability of each token coming next after ``prompt_ids``."""
     return _logprobs(model, tokenizer, prompt_ids, tokens)
 
@@ -497,8 +482,7 @@ def check_open_model_logprobs(open_model_logprobs: Callable[..., Any], model: An
                      _roundtrip(tokenizer, ranked, 0, 3) + _roundtrip(tokenizer, ranked, 1000, 1)]
     results: dict[str, float] = {}
     for label, case_prompt, case_tokens in (("the API's prompt", prompt, tokens),
-                                            (f"the prompt {second_prompt!r}", second_prompt,
-                                             second_tokens)):
+                                            (f"the prompt {second_prompt!r}", second_prompt, second_tokens)):
         ids = tokenizer(case_prompt)["input_ids"]
         expected = _logprobs(model, tokenizer, ids, case_tokens)
         got = call_learner(open_model_logprobs, model, tokenizer, case_prompt, list(case_tokens),

@@ -158,8 +158,7 @@ def check_break_even_tokens_per_month(break_even_tokens_per_month: Callable[...,
                                              "usd_per_million_input, usd_per_million_output, "
                                              "input_per_output=3.0, hours_per_month=730)."})
         check_number(got, _break_even(usd_per_hour, p_in, p_out, ratio, hours),
-                     f"break_even_tokens_per_month for {label}", rel_tol=1e-6,
-                     known_mistakes=mistakes_from(
+                     f"break_even_tokens_per_month for {label}", rel_tol=1e-6, known_mistakes=mistakes_from(
                          lambda **s: _break_even(usd_per_hour, p_in, p_out, **{"ratio": ratio, "hours": hours, **s}),
                          _break_even_mistakes(ratio, hours, "hours_per_month" in kwargs)),
                      hint="Monthly GPU bill = $/hour × hours; one output token through the API costs (input_per_output "
