@@ -24,16 +24,24 @@ pytest on a notebook outside the repository). It does four things:
    ``make test-quick`` runs ``-m "not notebook and not slow"``.
 4. **Where the time went.** At the end, the seconds spent in each kind of test (summed over
    workers) and the wall-clock time of the whole run.
-5. **One torch thread per worker.** A test that raises torch's thread count (a training recipe
+5. **Kernels forked, not started.** A session that runs notebooks starts one fork server
+   (tests/kernel_forkserver.py) that imports torch and transformers once; every kernel of the
+   session (nbval's, nbgrader's, nbclient's) is a fresh fork of it instead of a new Python that
+   spends about 5 s importing them. Without the server a kernel starts as usual.
+6. **One torch thread per worker.** A test that raises torch's thread count (a training recipe
    sets its own) has it put back after the test, so the tests after it on that worker do not run
    with two threads competing with the other worker for two cores.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -162,6 +170,47 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     torch = sys.modules.get("torch")  # never imported here for a test that did not import it
     if torch is not None and torch.get_num_threads() != _TORCH_THREADS:
         torch.set_num_threads(_TORCH_THREADS)
+
+
+# ------------------------------------------------------------------ kernels forked from a warm process
+
+_FORKSERVER: dict[str, Any] = {}  # "process", "folder" once started
+
+
+def _start_kernel_forkserver() -> None:
+    """Start the fork server and point both kernel specs the suite uses at it: nbval's
+    (``--nbval-current-env``, from ``ipykernel.kernelspec.get_kernel_dict``) and "python3"
+    (nbgrader, nbclient; found first on ``JUPYTER_PATH``)."""
+    import ipykernel.kernelspec
+
+    from tests import kernel_forkserver
+
+    folder = Path(tempfile.mkdtemp(prefix="glassbox-kernels-"))
+    own_spec = ipykernel.kernelspec.get_kernel_dict
+    spec = {**own_spec(), "argv": kernel_forkserver.KERNEL_ARGV}
+    (folder / "kernels" / "python3").mkdir(parents=True)
+    (folder / "kernels" / "python3" / "kernel.json").write_text(json.dumps(spec, indent=1))
+    ipykernel.kernelspec.get_kernel_dict = lambda *args, **kwargs: {**own_spec(*args, **kwargs),
+                                                                    "argv": kernel_forkserver.KERNEL_ARGV}
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("JUPYTER_PATH")]))
+    socket_path = str(folder / "forkserver.sock")
+    os.environ[kernel_forkserver.FORKSERVER_VARIABLE] = socket_path
+    # Kernels that start before it listens (it imports torch first) start the usual way.
+    _FORKSERVER["folder"] = folder
+    _FORKSERVER["process"] = subprocess.Popen([sys.executable, kernel_forkserver.__file__, "serve", socket_path],
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("notebook") for item in session.items):
+        _start_kernel_forkserver()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _FORKSERVER:
+        _FORKSERVER["process"].terminate()
+        _FORKSERVER["process"].wait(timeout=30)
+        shutil.rmtree(_FORKSERVER["folder"], ignore_errors=True)
 
 
 # ------------------------------------------------------------------ collection: order and groups
