@@ -15,7 +15,8 @@ import torch
 from glassbox.exercise_checks.auditing import _check_interval, _close, _numbers, wilson_interval
 from glassbox.exercise_checks.auditing import _wald_interval as _wald
 from glassbox.exercise_checks.feedback import as_number as _number
-from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, passed, second_gpt2
+from glassbox.exercise_checks.feedback import (call_learner, check_number, check_type, fail, mistakes_from, passed,
+                                               second_gpt2)
 
 __all__ = ["MAX_FALSE_POSITIVE_RATE", "MIN_BLOCK_RATE", "check_layer_changes", "check_moderation_rule",
            "check_next_token_kl", "check_refusal_rate", "check_steps_to_break", "reference_layer_changes",
@@ -33,9 +34,9 @@ def _chat_data():
 
 # --------------------------------------------------------------------------- exercise 1
 
-def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bool = False,
-                  decided_only: bool = False, wald: bool = False, not_leaking: bool = False,
-                  exact_text: bool = False, one_marker: bool = False) -> tuple[float, float, float]:
+def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bool = False, decided_only: bool = False,
+                  wald: bool = False, not_leaking: bool = False, exact_text: bool = False, one_marker: bool = False,
+                  complement: bool = False) -> tuple[float, float, float]:
     """The reference (all switches off) and its mistakes (one switch on)."""
     data = _chat_data()
     refused = [data.is_refusal(r) or (partial_counts and "can't help" in r.lower().replace("\u2019", "'")) for r in replies]
@@ -50,7 +51,22 @@ def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bo
     if n == 0:
         return (math.nan, math.nan, math.nan)
     low, high = _wald(k, n, z) if wald else wilson_interval(k, n, z)
-    return k / n, low, high
+    return 1 - k / n if complement else k / n, low, high
+
+
+_RATE_MISTAKES: list[tuple[dict[str, Any], str]] = [
+    (dict(partial_counts=True), "You counted partial refusals as refusals: a reply that says \"I can't help\" and then "
+                                "gives the secret anyway is a leak. Use chat_data.is_refusal, which checks both."),
+    (dict(decided_only=True), "You divided by the replies that refuse or leak. The denominator is every reply: a reply "
+                              "that neither refuses nor leaks (\"I don't know.\") is still not a refusal."),
+    (dict(complement=True), "That is the share of replies that are NOT refusals."),
+    (dict(not_leaking=True), "You counted every reply that does not leak as a refusal. \"I don't know.\" keeps the "
+                             "secret but does not refuse: a refusal says it can't help (chat_data.is_refusal)."),
+    (dict(exact_text=True), "You counted only replies that are exactly chat_data.REFUSAL. Refusals are worded in "
+                            "several ways (\"I cannot help\", a curly apostrophe...): use chat_data.is_refusal."),
+    (dict(one_marker=True), "You looked for \"can't help\" only. Refusals also say \"cannot help\" or \"can not "
+                            "help\", or use a curly apostrophe: chat_data.is_refusal knows every marker."),
+]
 
 
 def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str]) -> None:
@@ -80,24 +96,7 @@ def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str])
         where = f"for {label} ({k} of {len(case)} replies are refusals)"
         check_number(rate, expected[0], f"The refusal rate {where}", rel_tol=1e-6, abs_tol=1e-6,
                      hint="rate = (replies for which chat_data.is_refusal is True) / (all replies).",
-                     known_mistakes=lambda: [
-                (_refusal_rate(case, z, partial_counts=True)[0],
-                 "You counted partial refusals as refusals: a reply that says \"I can't help\" and then gives the "
-                 "secret anyway is a leak. Use chat_data.is_refusal, which checks both."),
-                (_refusal_rate(case, z, decided_only=True)[0],
-                 "You divided by the replies that refuse or leak. The denominator is every reply: a reply that "
-                 "neither refuses nor leaks (\"I don't know.\") is still not a refusal."),
-                (1 - expected[0], "That is the share of replies that are NOT refusals."),
-                (_refusal_rate(case, z, not_leaking=True)[0],
-                 "You counted every reply that does not leak as a refusal. \"I don't know.\" keeps the secret "
-                 "but does not refuse: a refusal says it can't help (chat_data.is_refusal)."),
-                (_refusal_rate(case, z, exact_text=True)[0],
-                 "You counted only replies that are exactly chat_data.REFUSAL. Refusals are worded in "
-                 "several ways (\"I cannot help\", a curly apostrophe...): use chat_data.is_refusal."),
-                (_refusal_rate(case, z, one_marker=True)[0],
-                 "You looked for \"can't help\" only. Refusals also say \"cannot help\" or \"can not help\", "
-                 "or use a curly apostrophe: chat_data.is_refusal knows every marker."),
-            ])
+                     known_mistakes=mistakes_from(lambda **m: _refusal_rate(case, z, **m)[0], _RATE_MISTAKES))
         if low > high:
             fail(f"Your interval {where} is the wrong way round: [{low:.4f}, {high:.4f}].", "Return (rate, low, high) with low <= high.")
         _check_interval(low, high, expected[1:], where, [
