@@ -135,9 +135,7 @@ def _no_model_built(family: str) -> Any:
 # --------------------------------------------------------------------------- exercise 1
 
 def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Module) -> None:
-    """Check ``count_parameters(config) -> int`` on GPT-2 small, the loaded model and a config that
-    sets ``n_inner``.
-    """
+    """Check ``count_parameters(config) -> int`` on GPT-2 small, the loaded model and two small configs."""
     from transformers import GPT2Config
 
     cases = [

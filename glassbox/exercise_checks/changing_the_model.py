@@ -61,8 +61,9 @@ def _describe(model: nn.Module) -> str:
             f"{c.layer_norm_epsilon:g}")
 
 
-def _subjects(model: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
-    """``n`` identical dropout-free models for the learner and the reference, and a label."""
+def _subjects(model: nn.Module, n: int = 2) -> tuple[list[nn.Module], str, list[nn.Module], str]:
+    """``n`` identical dropout-free models for the learner and the reference, and their label;
+    then ``n`` copies of a random GPT-2 whose sizes and vocabulary all differ, and its label."""
     size = sum(p.numel() for p in model.parameters())
     if size <= COPY_LIMIT:
         base, label = model, "a copy of the loaded model"
@@ -73,13 +74,8 @@ def _subjects(model: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
     copies = [copy.deepcopy(base) for _ in range(n)]
     for module in (m for c in copies for m in c.modules() if isinstance(m, nn.Dropout)):
         module.p = 0.0  # so that train() and eval() compute the same thing
-    return [c.eval() for c in copies], label
-
-
-def _second(subject: nn.Module, n: int = 2) -> tuple[list[nn.Module], str]:
-    """``n`` copies of a random GPT-2 whose sizes and vocabulary differ from ``subject``'s."""
-    other = second_gpt2(subject, vocab_size=SECOND_VOCAB)
-    return [copy.deepcopy(other) for _ in range(n)], \
+    other = second_gpt2(base, vocab_size=SECOND_VOCAB)
+    return [c.eval() for c in copies], label, [copy.deepcopy(other) for _ in range(n)], \
         f"a second, random GPT-2 ({_describe(other)}, a vocabulary of {SECOND_VOCAB:,})"
 
 
@@ -136,8 +132,7 @@ def _loss_mistakes(model: nn.Module, ids: torch.Tensor, expected: float) -> list
 def check_heldout_loss(heldout_loss: Callable[[nn.Module, torch.Tensor], Any],
                        model: nn.Module, tokenizer: Any) -> None:
     """Check ``heldout_loss(model, input_ids) -> float``: mean next-token loss in nats."""
-    (subject, pristine), label = _subjects(model)
-    (other, other_pristine), other_label = _second(pristine)
+    (subject, pristine), label, (other, other_pristine), other_label = _subjects(model)
     notebook = ModelState(model)
     values = []
     for mine, reference, who, shape in ((subject, pristine, label, (2, 32)),
@@ -227,8 +222,7 @@ def _ablation_mistakes(model: nn.Module, ids: torch.Tensor, expected: torch.Tens
 def check_ablate_heads(ablate_heads: Callable[[nn.Module, torch.Tensor], Any],
                        model: nn.Module, tokenizer: Any) -> None:
     """Check ``ablate_heads(model, input_ids) -> Tensor (n_layer, n_head)`` of loss increases."""
-    (subject, pristine), label = _subjects(model)
-    (other, other_pristine), other_label = _second(pristine)
+    (subject, pristine), label, (other, other_pristine), other_label = _subjects(model)
     notebook = ModelState(model)
     results = []
     for mine, reference, who, length in ((subject, pristine, label, 32),
@@ -273,11 +267,8 @@ def _single_ids(tokenizer: Any, words: tuple[str, ...], vocab: int, fallback: li
 
 def check_suppress_tokens(suppress_tokens: Callable[[nn.Module, list[int]], Any],
                           model: nn.Module, tokenizer: Any) -> None:
-    """Check ``suppress_tokens(model, token_ids) -> model``: an edited copy that never produces
-    them.
-    """
-    (subject, pristine), label = _subjects(model)
-    (other, other_pristine), other_label = _second(pristine)
+    """Check ``suppress_tokens(model, token_ids) -> model``: an edited copy that never produces them."""
+    (subject, pristine), label, (other, other_pristine), other_label = _subjects(model)
     notebook = ModelState(model)
     vocab = pristine.config.vocab_size
     text = "The nurse herself was happy. The pilot himself had a red map. Mia found a box."
@@ -451,8 +442,7 @@ def _check_steps(training_step: Callable[..., Any], learner: nn.Module, referenc
 def check_training_step(training_step: Callable[..., Any], model: nn.Module,
                         tokenizer: Any) -> None:
     """Check ``training_step(model, optimizer, input_ids) -> float`` over two SGD steps with momentum."""
-    (learner, reference, initial), label = _subjects(model, 3)
-    (other, other_reference), other_label = _second(initial)
+    (learner, reference, initial), label, (other, other_reference, _), other_label = _subjects(model, 3)
     notebook = ModelState(model)
     _check_steps(training_step, learner, reference, notebook, model, tokenizer)
     _check_steps(training_step, other, other_reference, notebook, model, tokenizer)
@@ -505,9 +495,7 @@ _ZERO_ROW_HINT = ("Its scale is 0, and 0 / 0 is NaN, which becomes garbage in in
 
 
 def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
-    """Check ``quantize_rows(weight) -> (q, scale)``: symmetric int8, one scale max|w| / 127 per
-    row.
-    """
+    """Check ``quantize_rows(weight) -> (q, scale)``: symmetric int8, one scale per row."""
     weight = _quantization_matrix(model)
     rows, cols = weight.shape
     absmax = weight.abs().amax(dim=1)

@@ -267,9 +267,7 @@ _LN_MISTAKES = [
 
 
 def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
-    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's,
-    LayerNorm's.
-    """
+    """The usual mistakes of a whole block: the Conv1D transpose, attention's, the MLP's, LayerNorm's."""
     return [
         *(_eps_mistakes(eps, "config.layer_norm_epsilon") if eps is not None else
           [(Variant(eps=0.0), "You left out the LayerNorm epsilon: divide by sqrt(var + eps) "

@@ -182,9 +182,7 @@ PER = 1_000_000
 def reference_api_cost(row: dict[str, str], input_tokens: int, output_tokens: int, *,
                        input_price: str = "usd_per_1m_input",
                        output_price: str = "usd_per_1m_output", per: float = PER) -> float:
-    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of
-    data/api_prices.csv.
-    """
+    """US dollars for ``input_tokens`` in and ``output_tokens`` out at one row of api_prices.csv."""
     return (input_tokens * float(row[input_price]) + output_tokens * float(row[output_price])) / per
 
 
@@ -211,9 +209,7 @@ def _cost_settings(row: dict[str, str]) -> list[tuple[dict[str, Any], str]]:
 
 
 def check_api_cost(api_cost: Callable[[dict[str, str], int, int], float]) -> None:
-    """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every row of
-    data/api_prices.csv.
-    """
+    """Check ``api_cost(row, input_tokens, output_tokens) -> float`` (US dollars) on every price."""
     rows = data_rows("api_prices.csv")
     workloads = [(1_000, 200, "a 1,000-token prompt with a 200-token answer"),
                  (30 * 500 * 1_200, 30 * 500 * 300, "a month of 500 chats a day (1,200 tokens in, 300 out each)"),
@@ -242,9 +238,7 @@ _OUTPUTS = {"allowed": "yes", "allowed with conditions": "yes", "forbidden": "no
 
 def reference_licence_answer(row: dict[str, str], users_at_release: int, users_now: int,
                              train_other_model: bool) -> str:
-    """'yes', 'no' or 'unknown': may this company use the weights commercially (and train on
-    outputs)?
-    """
+    """'yes', 'no' or 'unknown': may this company use the weights commercially (and train on outputs)?"""
     if row["weights_released"] != "yes":
         return "no"
     threshold = row[MAU_COLUMN].strip()
@@ -289,9 +283,7 @@ def _made_up_licences(columns: list[str]) -> list[dict[str, str]]:
 
 
 def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, bool], str]) -> None:
-    """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> 'yes' | 'no' |
-    'unknown'``.
-    """
+    """Check ``licence_answer(row, users_at_release, users_now, train_other_model) -> str``."""
     rows = data_rows("licences.csv")
     rows += _made_up_licences(list(rows[0]))
     for row in rows:

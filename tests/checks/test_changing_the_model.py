@@ -789,7 +789,7 @@ def test_training_step_catalogue(tinygpt, wrong, hint) -> None:
 
 def test_second_configuration_differs_from_the_loaded_ones(tinygpt) -> None:
     model, _ = tinygpt
-    (other, _), label = changing._second(model)
+    _, _, (other, _), label = changing._subjects(model)
     for key in ("n_layer", "n_head", "n_embd", "layer_norm_epsilon"):
         assert getattr(other.config, key) != getattr(model.config, key), key
     assert other.config.n_embd // other.config.n_head != model.config.n_embd // model.config.n_head
