@@ -148,11 +148,6 @@ def reference_exact_ratio(model: Any, tokenizer: Any, occupation: str, pronoun: 
     return pronoun_ratio(model, tokenizer, occupation, pronoun)
 
 
-@torch.no_grad()
-def _last_logits(model: Any, tokenizer: Any, text: str) -> torch.Tensor:
-    return model(input_ids=torch.tensor([tokenizer(text)["input_ids"]])).logits[0, -1].float()
-
-
 def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str) -> list[tuple[float, str]]:
     female, male = pronoun_ids(tokenizer)
     target = female if pronoun == PRONOUNS[0] else male
@@ -160,7 +155,9 @@ def _ratio_mistakes(model: Any, tokenizer: Any, occupation: str, pronoun: str) -
     with_eot = [next_token_probs(model, tokenizer, p) for p in prompts]
     without_eot = [next_token_probs(model, tokenizer, p, prefix="") for p in prompts]
     shifted = [next_token_probs(model, tokenizer, p, position=-2) for p in prompts]
-    logits = [_last_logits(model, tokenizer, corpus.EOT + p) for p in prompts]
+    with torch.no_grad():
+        logits = [model(input_ids=torch.tensor([tokenizer(corpus.EOT + p)["input_ids"]])).logits[0, -1].float()
+                  for p in prompts]
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)

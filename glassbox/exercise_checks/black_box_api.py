@@ -419,18 +419,14 @@ def check_weights_changed(weights_changed: Callable[..., Any], before: Mapping[s
 
 # --------------------------------------------------------------------------- exercise 4
 
-def _token_id(tokenizer: Any, token: str) -> int:
-    ids = tokenizer(token)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"{token!r} is not a single token")
-    return ids[0]
-
-
 @torch.no_grad()
 def _logprobs(model: Any, tokenizer: Any, ids: list[int], tokens: Sequence[str], *, kind: str = "log_softmax",
               position: int = -1, eot: bool = False, over_listed: bool = False) -> dict[str, float]:
     """Each token's log-probability after ``ids`` (defaults), or a mistake: one setting changed."""
-    token_ids = [_token_id(tokenizer, t) for t in tokens]
+    token_ids = [tokenizer(t)["input_ids"] for t in tokens]
+    if any(len(i) != 1 for i in token_ids):
+        raise ValueError(f"not all of {list(tokens)!r} are single tokens")
+    token_ids = [i[0] for i in token_ids]
     if eot and tokenizer.eos_token_id is None:
         raise ValueError("no <|endoftext|> token")
     logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id, *ids] if eot else ids])).logits[0, position]

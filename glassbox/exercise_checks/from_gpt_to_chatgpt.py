@@ -275,23 +275,17 @@ def reference_layer_changes(base: Any, chat: Any) -> list[float]:
     return _layer_changes(base, chat)
 
 
-def _second_pair(base: Any) -> tuple[Any, Any]:
-    """feedback.second_gpt2 (other sizes than ``base``) and a copy changed more in later blocks."""
-    second = second_gpt2(base)
-    changed = copy.deepcopy(second)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for index, block in enumerate(changed.transformer.h):
-            for weight in block.parameters():
-                weight.add_(0.02 * (index + 1) * torch.randn(weight.shape, generator=generator))
-    return second, changed
-
-
 def check_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: Any) -> list[float]:
     """Check ``layer_changes(base, chat) -> list of floats`` (per block, ||W_chat - W_base|| / ||W_base|| over all its
     tensors), also on a second, random GPT-2; returns the reference list."""
     expected = _compare_layer_changes(layer_changes, base, chat, "")
-    second = _compare_layer_changes(layer_changes, *_second_pair(base), " on a second, random GPT-2")
+    second_base = second_gpt2(base)  # other sizes; a copy of it is changed more in later blocks
+    second_chat, generator = copy.deepcopy(second_base), torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for index, block in enumerate(second_chat.transformer.h):
+            for weight in block.parameters():
+                weight.add_(0.02 * (index + 1) * torch.randn(weight.shape, generator=generator))
+    second = _compare_layer_changes(layer_changes, second_base, second_chat, " on a second, random GPT-2")
     top = max(range(len(expected)), key=expected.__getitem__)
     passed(f"layer_changes is right: block {top} changed most ({expected[top]:.2%} of its weights' norm); "
            f"right too on a second, random GPT-2 with {len(second)} blocks of other sizes.")
