@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from glassbox.exercise_checks.feedback import (
-    call_learner, check_number, check_tensor, close, fail, passed, second_gpt2, unpack)
+    call_learner, check_number, check_tensor, close, fail, mistakes_from, passed, second_gpt2,
+    unpack)
 
 __all__ = ["check_effective_rank", "check_nearest_neighbours", "check_position_pca",
            "check_qk_singular_values", "fresh_init", "reference_effective_rank",
@@ -377,40 +378,39 @@ def _svdvals64(matrix: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(m.T if m.shape[0] < m.shape[1] else m)
 
 
-def reference_effective_rank(matrix: torch.Tensor) -> float:
-    """Effective rank (Roy & Vetterli 2007): exp(entropy of the singular values / their sum)."""
+def reference_effective_rank(matrix: torch.Tensor, *, power: int = 1, by_max: bool = False,
+                             log: Callable[..., Any] = torch.log, exp: Callable[[float], float] = math.exp,
+                             size: int = 1, count: bool = False) -> float:
+    """Effective rank (Roy & Vetterli 2007): exp(entropy of the singular values / their sum).
+
+    The keyword arguments' other values are the usual mistakes (squared values, no exp, bits...).
+    """
     s = _svdvals64(matrix)
     s = s[s > s.max() * 1e-12] if s.max() > 0 else s
-    p = s / s.sum()
-    return float(torch.exp(-(p * torch.log(p)).sum()))
+    p = s / s.max() if by_max else s ** power / (s ** power).sum()
+    return float(len(s)) if count else exp(float(-(p * log(p)).sum())) / size
 
 
-def _effective_rank_mistakes(matrix: torch.Tensor) -> list[tuple[float, str]]:
-    s = _svdvals64(matrix)
-    s = s[s > s.max() * 1e-12]
-    p = s / s.sum()
-    entropy = float(-(p * torch.log(p)).sum())
-    q = s ** 2 / (s ** 2).sum()
-    by_max = s / s.max()
-    values = [
-        (float(torch.exp(-(q * torch.log(q)).sum())),
-         "You used the squared singular values. This exercise's effective rank uses the "
-         "singular values themselves: p = s / s.sum()."),
-        (entropy, "That is the entropy H; the effective rank is exp(H)."),
-        (entropy / math.log(2), "That is the entropy in bits; the effective rank is exp(H) "
-                                "with H in nats (natural log), or 2**H with H in bits."),
-        (math.exp(entropy / math.log(2)), "You mixed bases: exp() of an entropy measured in "
-                                          "bits (log2). Use torch.log with torch.exp, or "
-                                          "log2 with 2**H."),
-        (float(torch.exp(-(by_max * torch.log(by_max)).sum())),
-         "Normalise by the sum of the singular values (so the p_i add up to 1), not by "
-         "the largest."),
-        (math.exp(entropy) / min(matrix.shape), "That is the effective rank divided by the "
-                                                 "matrix size; return the effective rank itself."),
-        (float(len(s)), "That is the ordinary rank (how many singular values are not 0). The "
-                        "effective rank weighs them by size: exp(entropy of s / s.sum())."),
+def _effective_rank_settings(matrix: torch.Tensor) -> list[tuple[dict[str, Any], str]]:
+    """The usual mistakes: (reference_effective_rank's settings, hint)."""
+    def entropy(h: float) -> float:
+        return h
+    return [
+        (dict(power=2), "You used the squared singular values. This exercise's effective rank uses "
+                        "the singular values themselves: p = s / s.sum()."),
+        (dict(exp=entropy), "That is the entropy H; the effective rank is exp(H)."),
+        (dict(exp=entropy, log=torch.log2), "That is the entropy in bits; the effective rank is "
+                                            "exp(H) with H in nats (natural log), or 2**H with H "
+                                            "in bits."),
+        (dict(log=torch.log2), "You mixed bases: exp() of an entropy measured in bits (log2). Use "
+                               "torch.log with torch.exp, or log2 with 2**H."),
+        (dict(by_max=True), "Normalise by the sum of the singular values (so the p_i add up to 1), "
+                            "not by the largest."),
+        (dict(size=min(matrix.shape)), "That is the effective rank divided by the matrix size; "
+                                       "return the effective rank itself."),
+        (dict(count=True), "That is the ordinary rank (how many singular values are not 0). The "
+                           "effective rank weighs them by size: exp(entropy of s / s.sum())."),
     ]
-    return values
 
 
 @_one_thread
@@ -450,7 +450,8 @@ def check_effective_rank(effective_rank: Callable[[torch.Tensor], Any], model: n
                  "zero (s = s[s > 1e-12 * s.max()]) before taking logs."
                  if zero else "Look for a division by zero or the log of 0.")
         check_number(got, expected, f"effective_rank({label})",
-                     known_mistakes=_effective_rank_mistakes(matrix), rel_tol=1e-4,
+                     known_mistakes=mistakes_from(lambda **setting: reference_effective_rank(
+                         matrix, **setting), _effective_rank_settings(matrix)), rel_tol=1e-4,
                      hint="p = s / s.sum() for the singular values s (torch.linalg.svdvals); "
                           "effective rank = exp(-(p * log p).sum()).")
         values[label] = float(got)
@@ -463,53 +464,43 @@ def check_effective_rank(effective_rank: Callable[[torch.Tensor], Any], model: n
 
 # --------------------------------------------------------------------------- exercise 4
 
-def _head_slices(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """W_Q and W_K of one head, each (d_model, d_head), from the Conv1D weight (in, out)."""
-    d = model.config.n_embd
-    d_head = d // model.config.n_head
-    w = model.transformer.h[layer].attn.c_attn.weight.detach()
-    cols = slice(head * d_head, (head + 1) * d_head)
-    return w[:, :d][:, cols], w[:, d:2 * d][:, cols]
+def reference_qk_singular_values(model: nn.Module, layer: int, head: int, *, key: int = 1,
+                                 interleaved: bool = False, rows: bool = False, transposed: bool = False,
+                                 scale: float = 1.0, flip: bool = False) -> torch.Tensor:
+    """The d_head non-zero singular values of W_QK = W_Q^h (W_K^h)^T, largest first.
 
-
-def reference_qk_singular_values(model: nn.Module, layer: int, head: int) -> torch.Tensor:
-    """The d_head non-zero singular values of W_QK = W_Q^h (W_K^h)^T, largest first."""
-    w_q, w_k = _head_slices(model, layer, head)
-    return torch.linalg.svdvals(w_q @ w_k.T)[: w_q.shape[1]]
-
-
-def _qk_mistakes(model: nn.Module, layer: int, head: int) -> list[tuple[torch.Tensor, str]]:
-    d = model.config.n_embd
-    n_head = model.config.n_head
+    The keyword arguments' other values are the usual mistakes: the keys from block ``key`` of
+    c_attn (0 = q, 2 = v), every n_head-th column, row blocks, W_Qᵀ W_K, a scale, smallest first.
+    """
+    d, n_head = model.config.n_embd, model.config.n_head
     d_head = d // n_head
     w = model.transformer.h[layer].attn.c_attn.weight.detach()
-    w_q, w_k = _head_slices(model, layer, head)
-    w_v = w[:, 2 * d:][:, head * d_head:(head + 1) * d_head]
-    interleaved = slice(head, d, n_head)
+    cols = slice(head, d, n_head) if interleaved else slice(head * d_head, (head + 1) * d_head)
+    w_q, w_k = ((w.T[b * d:(b + 1) * d] if rows else w[:, b * d:(b + 1) * d])[:, cols]
+                for b in (0, key))
+    values = torch.linalg.svdvals(w_q.T @ w_k if transposed else w_q @ w_k.T)[:d_head] * scale
+    return values.flip(0) if flip else values
 
-    def sv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.svdvals(a @ b.T)[:d_head]
 
-    reference = sv(w_q, w_k)
+def _qk_settings(model: nn.Module) -> list[tuple[dict[str, Any], str]]:
+    """The usual mistakes: (reference_qk_singular_values's settings, hint)."""
+    d_head = model.config.n_embd // model.config.n_head
     return [
-        (torch.linalg.svdvals(w_q.T @ w_k)[:d_head],
-         "You multiplied W_Qᵀ W_K (d_head x d_head). W_QK = W_Q W_Kᵀ is d_model x d_model "
-         "(the sum runs over the head's d_head features): its singular values differ."),
-        (reference / math.sqrt(d_head), "Leave out the 1/√d_head scale: the exercise asks for "
-                                        "W_QK itself."),
-        (reference.flip(0), "Largest first: torch.linalg.svdvals already returns them in "
-                            "decreasing order."),
-        (sv(w_q, w_v), "That is W_Q W_Vᵀ: c_attn's output is [q | k | v], so the keys are "
-                       "columns d_model to 2·d_model."),
-        (sv(w_q, w_q), "Both factors are W_Q: the keys are columns d_model to 2·d_model of "
-                       "c_attn.weight."),
-        (sv(w[:, :d][:, interleaved], w[:, d:2 * d][:, interleaved]),
-         "A head's columns are contiguous: head h has columns h·d_head to (h+1)·d_head of "
-         "W_Q (and of W_K), not every n_head-th column."),
-        (sv(w.T[:d][:, head * d_head:(head + 1) * d_head],
-            w.T[d:2 * d][:, head * d_head:(head + 1) * d_head]),
-         "You sliced rows of c_attn.weight. Conv1D stores its weight as (in, out) = "
-         "(d_model, 3·d_model): q, k and v are column blocks."),
+        (dict(transposed=True), "You multiplied W_Qᵀ W_K (d_head x d_head). W_QK = W_Q W_Kᵀ is "
+                                "d_model x d_model (the sum runs over the head's d_head features): "
+                                "its singular values differ."),
+        (dict(scale=1 / math.sqrt(d_head)), "Leave out the 1/√d_head scale: the exercise asks for "
+                                            "W_QK itself."),
+        (dict(flip=True), "Largest first: torch.linalg.svdvals already returns them in decreasing "
+                          "order."),
+        (dict(key=2), "That is W_Q W_Vᵀ: c_attn's output is [q | k | v], so the keys are columns "
+                      "d_model to 2·d_model."),
+        (dict(key=0), "Both factors are W_Q: the keys are columns d_model to 2·d_model of "
+                      "c_attn.weight."),
+        (dict(interleaved=True), "A head's columns are contiguous: head h has columns h·d_head to "
+                                 "(h+1)·d_head of W_Q (and of W_K), not every n_head-th column."),
+        (dict(rows=True), "You sliced rows of c_attn.weight. Conv1D stores its weight as (in, out) "
+                          "= (d_model, 3·d_model): q, k and v are column blocks."),
     ]
 
 
@@ -530,7 +521,8 @@ def _check_qk_head(qk_singular_values: Callable[..., Any], model: nn.Module, lay
              f"Return the first d_head: svdvals(...)[:{d_head}], with d_head = "
              "config.n_embd // config.n_head.")
     check_tensor(got, expected, label, rtol=1e-3, atol=atol,
-                 known_mistakes=lambda: _qk_mistakes(model, layer, head),
+                 known_mistakes=mistakes_from(lambda **setting: reference_qk_singular_values(
+                     model, layer, head, **setting), _qk_settings(model)),
                  hint="W_Q = c_attn.weight[:, :d_model], "
                       "W_K = c_attn.weight[:, d_model:2*d_model]; "
                       f"head h is columns h*d_head:(h+1)*d_head of each (d_head = {d_head} "
