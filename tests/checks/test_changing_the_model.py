@@ -39,6 +39,13 @@ def model() -> GPT2LMHeadModel:
     return random_gpt2(matrices_only=True)
 
 
+@pytest.fixture
+def small_vocab_model() -> GPT2LMHeadModel:
+    """The same with 2,000 tokens: an ablation runs the model once per head, and the output layer
+    over 50,257 tokens is most of its cost (the check takes the ids modulo the vocabulary)."""
+    return random_gpt2(matrices_only=True, vocab_size=2_000)
+
+
 # ----------------------------------------------------------------- right answers
 
 def loss_ok(model, input_ids):
@@ -217,25 +224,25 @@ def test_heldout_loss_crash_and_stub(model, tokenizer) -> None:
 
 # ----------------------------------------------------------------- ablate_heads
 
-def test_ablate_heads_accepts_both_methods(model, tokenizer, capsys) -> None:
-    out = passes(check_ablate_heads, ablate_ok, model, tokenizer, capsys=capsys)
+def test_ablate_heads_accepts_both_methods(small_vocab_model, tokenizer, capsys) -> None:
+    out = passes(check_ablate_heads, ablate_ok, small_vocab_model, tokenizer, capsys=capsys)
     assert "2 x 4" in out and "left exactly as it was" in out
-    passes(check_ablate_heads, ablate_with_hooks, model, tokenizer, capsys=capsys)
+    passes(check_ablate_heads, ablate_with_hooks, small_vocab_model, tokenizer, capsys=capsys)
 
 
-def test_ablate_heads_stand_in(model, tokenizer, capsys, monkeypatch) -> None:
+def test_ablate_heads_stand_in(small_vocab_model, tokenizer, capsys, monkeypatch) -> None:
     monkeypatch.setattr(changing, "COPY_LIMIT", 1000)
-    out = passes(check_ablate_heads, ablate_ok, model, tokenizer, capsys=capsys)
+    out = passes(check_ablate_heads, ablate_ok, small_vocab_model, tokenizer, capsys=capsys)
     assert "small random GPT-2" in out
 
 
-def test_ablate_heads_absolute_losses(model, tokenizer) -> None:
+def test_ablate_heads_absolute_losses(small_vocab_model, tokenizer) -> None:
     def absolute(m, ids):
         return ablate_ok(m, ids) + loss_ok(m, ids)
-    fails_with(check_ablate_heads, absolute, model, tokenizer, match="Subtract the baseline")
+    fails_with(check_ablate_heads, absolute, small_vocab_model, tokenizer, match="Subtract the baseline")
 
 
-def test_ablate_heads_never_put_back_but_restored_at_the_end(model, tokenizer) -> None:
+def test_ablate_heads_never_put_back_but_restored_at_the_end(small_vocab_model, tokenizer) -> None:
     def cumulative(m, ids):
         n_layer, n_head = m.config.n_layer, m.config.n_head
         d_head = m.config.n_embd // n_head
@@ -251,25 +258,25 @@ def test_ablate_heads_never_put_back_but_restored_at_the_end(model, tokenizer) -
             for blk, w in zip(m.transformer.h, saved):
                 blk.attn.c_proj.weight.copy_(w)
         return deltas
-    fails_with(check_ablate_heads, cumulative, model, tokenizer, match="stayed removed")
+    fails_with(check_ablate_heads, cumulative, small_vocab_model, tokenizer, match="stayed removed")
 
 
-def test_ablate_heads_hooks_left_behind(model, tokenizer) -> None:
+def test_ablate_heads_hooks_left_behind(small_vocab_model, tokenizer) -> None:
     message = fails_with(check_ablate_heads, lambda m, ids: ablate_with_hooks(m, ids, remove=False),
-                         model, tokenizer, match="not as it was")
+                         small_vocab_model, tokenizer, match="not as it was")
     assert "hook" in message
 
 
-def test_ablate_heads_weights_not_restored(model, tokenizer) -> None:
+def test_ablate_heads_weights_not_restored(small_vocab_model, tokenizer) -> None:
     def not_restored(m, ids):
         deltas = ablate_ok(m, ids)
         with torch.no_grad():
             m.transformer.h[1].attn.c_proj.weight[:8] = 0
         return deltas
-    fails_with(check_ablate_heads, not_restored, model, tokenizer, match="weight tensors in place")
+    fails_with(check_ablate_heads, not_restored, small_vocab_model, tokenizer, match="weight tensors in place")
 
 
-def test_ablate_heads_output_columns(model, tokenizer) -> None:
+def test_ablate_heads_output_columns(small_vocab_model, tokenizer) -> None:
     def columns(m, ids):
         n_layer, n_head = m.config.n_layer, m.config.n_head
         d_head = m.config.n_embd // n_head
@@ -286,16 +293,16 @@ def test_ablate_heads_output_columns(model, tokenizer) -> None:
                 with torch.no_grad():
                     w[:, cols] = saved
         return deltas
-    fails_with(check_ablate_heads, columns, model, tokenizer, match="slice of c_proj's output")
+    fails_with(check_ablate_heads, columns, small_vocab_model, tokenizer, match="slice of c_proj's output")
 
 
-def test_ablate_heads_transposed(model, tokenizer) -> None:
-    fails_with(check_ablate_heads, lambda m, ids: ablate_ok(m, ids).T, model, tokenizer,
+def test_ablate_heads_transposed(small_vocab_model, tokenizer) -> None:
+    fails_with(check_ablate_heads, lambda m, ids: ablate_ok(m, ids).T, small_vocab_model, tokenizer,
                match="transpose")
 
 
-def test_ablate_heads_sign(model, tokenizer) -> None:
-    fails_with(check_ablate_heads, lambda m, ids: -ablate_ok(m, ids), model, tokenizer,
+def test_ablate_heads_sign(small_vocab_model, tokenizer) -> None:
+    fails_with(check_ablate_heads, lambda m, ids: -ablate_ok(m, ids), small_vocab_model, tokenizer,
                match="multiplied by -1")
 
 
@@ -303,8 +310,8 @@ def test_ablate_heads_sign(model, tokenizer) -> None:
     (None, "None"), ([[0.1, 0.2]], "Fill a tensor"), (torch.full((2, 4), float("nan")), "NaN"),
     (torch.zeros(2, 4, dtype=torch.long), "dtype"), (torch.zeros(8), "shape"),
 ])
-def test_ablate_heads_bad_answers(model, tokenizer, answer, hint) -> None:
-    fails_with(check_ablate_heads, lambda m, ids: answer, model, tokenizer, match=hint)
+def test_ablate_heads_bad_answers(small_vocab_model, tokenizer, answer, hint) -> None:
+    fails_with(check_ablate_heads, lambda m, ids: answer, small_vocab_model, tokenizer, match=hint)
 
 
 # ----------------------------------------------------------------- suppress_tokens
