@@ -8,12 +8,11 @@ step changed ("partial" as 0, a price per thousand tokens, today's users in the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 from glassbox.exercise_checks.feedback import (
-    Mistakes, call_learner, check_number, check_type, data_rows, fail, mistakes_from, passed)
+    call_learner, check_number, check_type, data_rows, fail, mistakes_from, passed)
 
 __all__ = ["ANSWERS", "LABELS", "MAU_COLUMN", "check_api_cost", "check_classify_release",
            "check_licence_answer", "check_openness_score", "reference_api_cost",
