@@ -34,15 +34,25 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 FORKSERVER_VARIABLE = "GLASSBOX_TEST_KERNEL_FORKSERVER"
 """The fork server's socket path, for the launchers (inherited through the environment)."""
+STARTING = ".starting"
+LOG_VARIABLE = "GLASSBOX_TEST_KERNEL_LOG"
+"""A file where each kernel start adds a line: how it started ("forked" or why not)."""
 KERNEL_ARGV = [sys.executable, os.path.abspath(__file__), "launch", "-f", "{connection_file}"]
 PRELOADED = ("torch", "transformers", "ipykernel.kernelapp")
 READ_AT_IMPORT = ("HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "OMP_", "MKL_", "OPENBLAS_", "TOKENIZERS_",
                   "PYTHON", "IPYTHON", "MPL")
 """Environment variables those modules read when imported: a kernel whose environment differs from
 the server's in any of them is started the usual way instead (exec'd, not forked)."""
+
+
+def _note(how: str) -> None:
+    if path := os.environ.get(LOG_VARIABLE):
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(how + "\n")
 
 
 def _read_at_import(env: dict[str, str]) -> dict[str, str]:
@@ -63,7 +73,9 @@ def _kernel(request: dict, streams: list[int], close: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     if _read_at_import(request["env"]) != _read_at_import(server_env):
+        _note("started: a setting read at import differs")
         os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *request["argv"]])
+    _note("forked")
     del sys.path[0]  # the server's own folder; ipykernel_launcher removes `python -m`'s '' the same way
     sys.argv = [importlib.util.find_spec("ipykernel_launcher").origin, *request["argv"]]
     launcher = os.pidfd_open(request["launcher"])
@@ -87,14 +99,21 @@ def _kernel(request: dict, streams: list[int], close: list[int]) -> None:
 
 
 def serve(path: str) -> None:
-    """Fork a kernel for each launcher that connects to ``path``; until the parent process ends."""
-    for name in PRELOADED:
-        importlib.import_module(name)
-    parent = os.getppid()
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels are reaped by the system
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
-    listener.listen(64)
+    """Fork a kernel for each launcher that connects to ``path``; until the parent process ends.
+
+    While ``path + STARTING`` exists (its starter makes it), launchers wait for the socket instead
+    of importing everything themselves; it is removed once the socket listens, or on failure."""
+    try:
+        for name in PRELOADED:
+            importlib.import_module(name)
+        parent = os.getppid()
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kernels are reaped by the system
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(path)
+        listener.listen(64)
+    finally:
+        if os.path.exists(path + STARTING):
+            os.unlink(path + STARTING)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     kernels: dict[int, int] = {}  # a launcher's pidfd -> its kernel's pid
@@ -137,10 +156,14 @@ def serve(path: str) -> None:
 def launch(argv: list[str]) -> None:
     """Run a kernel through the fork server, or as ``python -m ipykernel_launcher`` without one."""
     path = os.environ.get(FORKSERVER_VARIABLE, "")
+    deadline = time.monotonic() + 120
+    while path and not os.path.exists(path) and os.path.exists(path + STARTING) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server is importing: cheaper to wait than to import here too
     try:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server.connect(path)
     except OSError:
+        _note("started: no fork server (yet)")
         os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
     request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                "launcher": os.getpid()}

@@ -195,10 +195,20 @@ def _start_kernel_forkserver() -> None:
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("JUPYTER_PATH")]))
     socket_path = str(folder / "forkserver.sock")
     os.environ[kernel_forkserver.FORKSERVER_VARIABLE] = socket_path
-    # Kernels that start before it listens (it imports torch first) start the usual way.
+    # Kernels that start before it listens (it imports torch first) wait for it.
+    Path(socket_path + kernel_forkserver.STARTING).touch()
     _FORKSERVER["folder"] = folder
     _FORKSERVER["process"] = subprocess.Popen([sys.executable, kernel_forkserver.__file__, "serve", socket_path],
                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def _kernel_starts() -> dict[str, int]:
+    """How the kernels of this run started (from every worker's launchers and servers)."""
+    from tests import kernel_forkserver
+
+    path = Path(os.environ.get(kernel_forkserver.LOG_VARIABLE, ""))
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return {how: lines.count(how) for how in sorted(set(lines))}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -233,6 +243,14 @@ def _weight(item: pytest.Item, root: Path, slow_modules: set[str]) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from tests import kernel_forkserver
+
+    if not hasattr(config, "workerinput") and kernel_forkserver.LOG_VARIABLE not in os.environ:
+        # set before xdist starts its workers, which inherit it
+        handle, path = tempfile.mkstemp(prefix="glassbox-kernels-", suffix=".log")
+        os.close(handle)
+        os.environ[kernel_forkserver.LOG_VARIABLE] = path
+        config.add_cleanup(lambda: os.unlink(path))
     config.addinivalue_line("markers", "notebook: executes a notebook or a kernel (left out of make test-quick)")
     config.addinivalue_line("markers", "slow: takes more than about 15 s without a notebook (left out of make test-quick)")
     if config.pluginmanager.hasplugin("xdist"):
@@ -325,3 +343,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             write(f"{name:<58}{_COUNTS[name]:>7}{_SECONDS[name]:>10.1f}")
     write(f"{'all kinds (summed over workers)':<58}{sum(_COUNTS.values()):>7}{sum(_SECONDS.values()):>10.1f}")
     write(f"{'wall clock, collection included':<58}{'':>7}{time.monotonic() - _STARTED:>10.1f}")
+    if starts := _kernel_starts():
+        write("kernels: " + ", ".join(f"{count} {how}" for how, count in starts.items()))

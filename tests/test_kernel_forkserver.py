@@ -36,6 +36,7 @@ print(json.dumps({"pid": os.getpid(), "torch_loaded": "torch" in sys.modules, "c
 def kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fork server of our own, and "python3" pointing at the launcher; yields the server's pid."""
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.delenv(kernel_forkserver.LOG_VARIABLE, raising=False)  # the run's summary counts its own kernels
     socket_path = str(tmp_path / "forkserver.sock")
     monkeypatch.setenv(kernel_forkserver.FORKSERVER_VARIABLE, socket_path)
     spec = tmp_path / "kernels" / "python3"
