@@ -79,9 +79,8 @@ def _count_settings(config: Any) -> list[tuple[dict[str, Any], str]]:
     """The usual ways of miscounting GPT-2: (_formula's settings that make it, hint)."""
     d = config.n_embd
     if getattr(config, "tie_word_embeddings", True):
-        head = (dict(tied=False), "You counted lm_head as its own matrix. GPT-2 ties it to "
-                                  "the token embedding wte (it is the same tensor), so "
-                                  "count it once.")
+        head = (dict(tied=False), "You counted lm_head as its own matrix. GPT-2 ties it to the token embedding wte (it "
+                                  "is the same tensor), so count it once.")
     else:
         head = (dict(tied=True), "This config sets tie_word_embeddings=False, so lm_head "
                                  "is a separate vocab_size x n_embd matrix: count it.")
@@ -91,24 +90,20 @@ def _count_settings(config: Any) -> list[tuple[dict[str, Any], str]]:
         (dict(wte=False), "You left out the token embeddings wte: vocab_size x n_embd."),
         (dict(biases=False), "You left out the biases of the four Conv1D layers "
                              "(attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)."),
-        (dict(biases=False, ln_bias=False), "You counted only weights: the biases of the "
-                                            "Conv1D layers and of the LayerNorms are "
-                                            "parameters too."),
+        (dict(biases=False, ln_bias=False), "You counted only weights: the biases of the Conv1D layers and of the "
+                                            "LayerNorms are parameters too."),
         (dict(ln=False, ln_f=False), "You left out the LayerNorms: each has a weight and a "
                                      "bias of n_embd values; two per block, plus ln_f."),
         (dict(ln_f=False), "You forgot the final LayerNorm ln_f that follows the last block."),
         (dict(ln_bias=False), "A LayerNorm has a bias as well as a weight: 2 x n_embd."),
-        (dict(ln_per_block=1), "Each block has two LayerNorms: ln_1 before attention and "
-                               "ln_2 before the MLP."),
+        (dict(ln_per_block=1), "Each block has two LayerNorms: ln_1 before attention and ln_2 before the MLP."),
         (dict(blocks=1), "You counted one block; the model stacks n_layer of them."),
         (dict(qkv=1), "attn.c_attn makes queries, keys and values at once: its weight is "
                       "n_embd x 3*n_embd (and its bias 3*n_embd)."),
-        (dict(attn_out=False), "You forgot attention's output projection attn.c_proj "
-                               "(n_embd x n_embd, plus a bias)."),
+        (dict(attn_out=False), "You forgot attention's output projection attn.c_proj (n_embd x n_embd, plus a bias)."),
         (dict(inner=d), "The MLP is wider than the model: its hidden size is config.n_inner, "
                         "or 4 x n_embd when n_inner is None."),
-        (dict(inner=4 * d), "This config sets n_inner, so the MLP's hidden size is "
-                            "config.n_inner, not 4 x n_embd."),
+        (dict(inner=4 * d), "This config sets n_inner, so the MLP's hidden size is config.n_inner, not 4 x n_embd."),
     ]
     return mistakes
 
@@ -126,8 +121,7 @@ def _no_model_built(family: str) -> Any:
     """While the learner's count runs, building a GPT-2 or Llama model with transformers is refused."""
     import transformers
 
-    classes = [getattr(transformers, f"{family}{suffix}") for suffix in ("Model", "LMHeadModel",
-                                                                          "ForCausalLM")
+    classes = [getattr(transformers, f"{family}{suffix}") for suffix in ("Model", "LMHeadModel", "ForCausalLM")
                if hasattr(transformers, f"{family}{suffix}")]
     return refusing([(cls, "__init__") for cls in classes], f"building a {family} model")
 
@@ -141,8 +135,7 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
     cases = [
         ("GPT-2 small, GPT2Config()", GPT2Config(), None),
         ("the loaded model's config", model.config, _unique_parameter_count(model)),
-        ("a small config with n_inner=200",
-         GPT2Config(n_layer=3, n_head=4, n_embd=64, vocab_size=1000, n_positions=128,
+        ("a small config with n_inner=200", GPT2Config(n_layer=3, n_head=4, n_embd=64, vocab_size=1000, n_positions=128,
                     n_inner=200, bos_token_id=0, eos_token_id=0), None),
         ("a small config with tie_word_embeddings=False",
          GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=500, n_positions=64,
@@ -153,13 +146,11 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
         if expected is None:
             expected = reference_parameter_count(config)
         with _no_model_built("GPT2"):
-            got = call_learner(count_parameters, config, name="count_parameters",
-                               hints={Refused: _NO_MODEL_HINT})
+            got = call_learner(count_parameters, config, name="count_parameters", hints={Refused: _NO_MODEL_HINT})
         check_number(got, expected, f"count_parameters for {label}",
                      known_mistakes=_count_mistakes(config), integer=True,
-                     hint="Go through the module tree: embeddings, then one block "
-                          "(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj), "
-                          "then ln_f.")
+                     hint="Go through the module tree: embeddings, then one block (ln_1, attn.c_attn, attn.c_proj, "
+                          "ln_2, mlp.c_fc, mlp.c_proj), then ln_f.")
         results.append(int(got))
     passed(f"count_parameters: {results[0]:,} for GPT-2 small, {results[1]:,} for the "
            f"loaded model, and right for a config with n_inner set and for one with an untied "
@@ -168,12 +159,10 @@ def check_count_parameters(count_parameters: Callable[[Any], int], model: nn.Mod
 
 # --------------------------------------------------------------------------- exercise 2
 
-def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
-                           model: nn.Module) -> None:
+def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear], model: nn.Module) -> None:
     """Check ``conv1d_to_linear(conv) -> nn.Linear`` on a rectangular and a square layer."""
     block = model.transformer.h[0]
-    layers = [("mlp.c_fc of block 0", block.mlp.c_fc),
-              ("attn.c_proj of block 0", block.attn.c_proj)]
+    layers = [("mlp.c_fc of block 0", block.mlp.c_fc), ("attn.c_proj of block 0", block.attn.c_proj)]
     generator = torch.Generator().manual_seed(0)
     transpose_hint = ("Conv1D stores its weight as (in, out); nn.Linear stores "
                       "(out, in). The Linear's weight is conv.weight.T.")
@@ -189,11 +178,9 @@ def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
         n_in, n_out = conv.weight.shape
         if (linear.in_features, linear.out_features) == (n_out, n_in) and n_in != n_out:
             fail(f"Your Linear maps {linear.in_features} -> {linear.out_features} features; "
-                 f"{label} maps {n_in} -> {n_out}.",
-                 "nn.Linear(in_features, out_features): Conv1D's weight shape is "
+                 f"{label} maps {n_in} -> {n_out}.", "nn.Linear(in_features, out_features): Conv1D's weight shape is "
                  "(in, out), so in_features = conv.weight.shape[0].")
-        check_tensor(linear.weight, conv.weight.T, f"the weight of your Linear for {label}",
-                     hint=transpose_hint)
+        check_tensor(linear.weight, conv.weight.T, f"the weight of your Linear for {label}", hint=transpose_hint)
         if linear.weight.untyped_storage().data_ptr() == conv.weight.untyped_storage().data_ptr():
             fail(f"The weight of your Linear for {label} shares its memory with the Conv1D's "
                  "weight (it is a view of it, not a copy): changing one would change the other.",
@@ -206,20 +193,16 @@ def check_conv1d_to_linear(conv1d_to_linear: Callable[[nn.Module], nn.Linear],
                      hint="Copy conv.bias into linear.bias; a vector needs no transposing.")
         x = torch.randn(4, n_in, generator=generator)
         with torch.no_grad():
-            check_tensor(linear(x), conv(x), f"the output of your Linear for {label}",
-                         bias=conv.bias)
-    passed("conv1d_to_linear: same outputs as the Conv1D, for a rectangular and a square "
-           "layer.")
+            check_tensor(linear(x), conv(x), f"the output of your Linear for {label}", bias=conv.bias)
+    passed("conv1d_to_linear: same outputs as the Conv1D, for a rectangular and a square layer.")
 
 
 # --------------------------------------------------------------------------- exercise 3
 
-def _reference_qkv(c_attn: nn.Module, x: torch.Tensor, n_head: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _reference_qkv(c_attn: nn.Module, x: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d_model = x.shape[-1]
     qkv = c_attn(x)
-    return tuple(t.reshape(x.shape[0], n_head, d_model // n_head).transpose(0, 1)
-                 for t in qkv.split(d_model, dim=-1))
+    return tuple(t.reshape(x.shape[0], n_head, d_model // n_head).transpose(0, 1) for t in qkv.split(d_model, dim=-1))
 
 
 def _check_split(split_qkv: Callable[..., Any], attn: nn.Module, n_head: int, where: str) -> None:
@@ -230,8 +213,7 @@ def _check_split(split_qkv: Callable[..., Any], attn: nn.Module, n_head: int, wh
     with torch.no_grad():
         expected = _reference_qkv(attn.c_attn, x, n_head)
         got = call_learner(split_qkv, attn.c_attn, x, n_head, name=f"split_qkv on {where}",
-                           protect={"c_attn.weight": attn.c_attn.weight,
-                                    "c_attn.bias": attn.c_attn.bias})
+                           protect={"c_attn.weight": attn.c_attn.weight, "c_attn.bias": attn.c_attn.bias})
     names = ("q", "k", "v")
     got = unpack(got, names, f"split_qkv on {where}")
     biases = attn.c_attn.bias.detach().split(d_model)
@@ -241,14 +223,12 @@ def _check_split(split_qkv: Callable[..., Any], attn: nn.Module, n_head: int, wh
                     for j, other in enumerate(expected) if j != i]
         flat = exp_t.transpose(0, 1).reshape(seq, d_model)
         mistakes.append((flat.reshape(n_head, seq, d_head),
-                         "You reshaped (seq, d_model) straight to (n_head, seq, d_head), "
-                         "which mixes positions and heads. View as (seq, n_head, d_head) "
-                         "first, then .transpose(0, 1)."))
+                         "You reshaped (seq, d_model) straight to (n_head, seq, d_head), which mixes positions and "
+                         "heads. View as (seq, n_head, d_head) first, then .transpose(0, 1)."))
         check_tensor(got_t, exp_t, f"{name} (element {i} of your tuple) on {where}",
                      bias=biases[i].reshape(n_head, 1, d_head), known_mistakes=mistakes,
-                     hint="q, k, v = (x @ W + b).split(d_model, dim=-1); then each "
-                          ".view(seq, n_head, d_head).transpose(0, 1), with d_head = "
-                          "d_model // n_head.")
+                     hint="q, k, v = (x @ W + b).split(d_model, dim=-1); then each .view(seq, n_head, "
+                          "d_head).transpose(0, 1), with d_head = d_model // n_head.")
 
 
 def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
@@ -267,9 +247,8 @@ def check_split_qkv(split_qkv: Callable[..., Any], model: nn.Module) -> None:
 
 # --------------------------------------------------------------------------- exercise 4
 
-_LENGTH_HINT = ("The first 8 bytes hold the header's length as an unsigned little-endian "
-                "64-bit integer: struct.unpack('<Q', f.read(8))[0]. Then read exactly that "
-                "many bytes and give them to json.loads.")
+_LENGTH_HINT = ("The first 8 bytes hold the header's length as an unsigned little-endian 64-bit integer: "
+                "struct.unpack('<Q', f.read(8))[0]. Then read exactly that many bytes and give them to json.loads.")
 
 
 def _reference_header(path: Path) -> dict[str, Any]:
@@ -333,14 +312,12 @@ def _count_bytes_read(path: Path) -> Iterator[dict[str, int]]:
         builtins.open = io.open = original
 
 
-_HEADER_ONLY_HINT = ("Read the file with open, struct and json only: 8 bytes for the length, then "
-                     "exactly that many bytes of JSON. safetensors' load_file, safe_open and "
-                     "get_tensor (and torch loaders) check and read the tensor data, which is "
-                     "exactly what this exercise avoids.")
+_HEADER_ONLY_HINT = ("Read the file with open, struct and json only: 8 bytes for the length, then exactly that many "
+                     "bytes of JSON. safetensors' load_file, safe_open and get_tensor (and torch loaders) check and "
+                     "read the tensor data, which is exactly what this exercise avoids.")
 
 
-def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
-                                  path: str | Path) -> None:
+def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any], path: str | Path) -> None:
     """Check ``read_safetensors_header(path) -> dict`` against the file at ``path``."""
     path = Path(path)
     expected = _reference_header(path)
@@ -350,10 +327,8 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
     file_size = path.stat().st_size
     with _count_bytes_read(path) as counter:
         got = call_learner(read_safetensors_header, path, name="read_safetensors_header",
-                           hints={json.JSONDecodeError: _LENGTH_HINT,
-                                  UnicodeDecodeError: _LENGTH_HINT,
-                                  struct.error: "struct.unpack('<Q', data) needs exactly 8 "
-                                                "bytes: data = f.read(8).",
+                           hints={json.JSONDecodeError: _LENGTH_HINT, UnicodeDecodeError: _LENGTH_HINT,
+                                  struct.error: "struct.unpack('<Q', data) needs exactly 8 bytes: data = f.read(8).",
                                   OverflowError: _LENGTH_HINT, MemoryError: _LENGTH_HINT})
     if isinstance(got, int) and not isinstance(got, bool):
         fail(f"read_safetensors_header returned an int ({got:,}), probably the header length.",
@@ -361,19 +336,16 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
     if isinstance(got, (bytes, bytearray, str)):
         fail(f"read_safetensors_header returned {type(got).__name__}, the raw header text.",
              "Parse it with json.loads(...) and return the dict.")
-    check_type(got, dict, "read_safetensors_header(path)",
-               hint="Return the parsed JSON header: a dict.")
+    check_type(got, dict, "read_safetensors_header(path)", hint="Return the parsed JSON header: a dict.")
     if any(isinstance(value, torch.Tensor) for value in got.values()):
-        fail("Your dict holds tensors: read_safetensors_header loaded the tensor data.",
-             _HEADER_ONLY_HINT)
+        fail("Your dict holds tensors: read_safetensors_header loaded the tensor data.", _HEADER_ONLY_HINT)
     _compare_header(got, expected)
     if counter["bytes"] > header_end:
         fail(f"read_safetensors_header read {counter['bytes']:,} bytes of the file, but the "
              f"header ends at byte {header_end:,} (of {file_size:,}): it also read "
              f"{counter['bytes'] - header_end:,} bytes of tensor data.",
-             "Read 8 bytes, then exactly the number of bytes they announce, and stop. "
-             "f.read() without a size (or Path.read_bytes()) reads the whole file, "
-             "tensors included.")
+             "Read 8 bytes, then exactly the number of bytes they announce, and stop. f.read() without a size (or "
+             "Path.read_bytes()) reads the whole file, tensors included.")
     with tempfile.TemporaryDirectory() as folder:
         header_only = Path(folder) / "header_only.safetensors"
         with open(path, "rb") as f:
@@ -386,8 +358,7 @@ def check_read_safetensors_header(read_safetensors_header: Callable[[Any], Any],
                               "needs the tensor data. " + _HEADER_ONLY_HINT})
     if on_copy != expected:
         fail("On a copy of the file cut off right after its header (no tensor data), "
-             "read_safetensors_header returned a different result than on the full file.",
-             _HEADER_ONLY_HINT)
+             "read_safetensors_header returned a different result than on the full file.", _HEADER_ONLY_HINT)
     dtypes = sorted({e["dtype"] for k, e in expected.items() if k != "__metadata__"})
     n_tensors = sum(1 for k in expected if k != "__metadata__")
     how = (f"open() handed out {counter['bytes']:,} of its {file_size:,} bytes"
@@ -406,8 +377,7 @@ def _compare_header(got: dict[str, Any], expected: dict[str, Any]) -> None:
              "Return the header exactly as json.loads gives it, '__metadata__' included.")
     if missing:
         fail(f"{len(missing)} of the {len(expected)} header entries are missing, e.g. "
-             f"{missing[0]!r}.", "Parse the whole header: read exactly the number of bytes "
-                                 "the first 8 bytes announce.")
+             f"{missing[0]!r}.", "Parse the whole header: read exactly the number of bytes the first 8 bytes announce.")
     if extra:
         fail(f"Your dict has entries the header does not have, e.g. {extra[0]!r}.",
              "Return the parsed header as it is.")
@@ -428,8 +398,7 @@ def _compare_header(got: dict[str, Any], expected: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- exercise 5
 
-def _check_size(model_size_mb: Callable[[nn.Module, torch.dtype], float], model: nn.Module,
-                where: str) -> int:
+def _check_size(model_size_mb: Callable[[nn.Module, torch.dtype], float], model: nn.Module, where: str) -> int:
     """model_size_mb on one model for four dtypes; returns its parameter count."""
     n_params = _unique_parameter_count(model)
     n_state = sum(t.numel() for t in model.state_dict().values())
@@ -438,27 +407,23 @@ def _check_size(model_size_mb: Callable[[nn.Module, torch.dtype], float], model:
         nbytes = torch.empty((), dtype=dtype).element_size()
         expected = n_params * nbytes / 1e6
         mistakes = [
-            (n_state * nbytes / 1e6, "You counted the tied lm_head weight a second time "
-                                     "(state_dict lists it under two names). "
-                                     "model.parameters() gives each tensor once."),
+            (n_state * nbytes / 1e6, "You counted the tied lm_head weight a second time (state_dict lists it under two "
+                                     "names). model.parameters() gives each tensor once."),
             (n_params * current / 1e6, f"You used the model's own element size ({current} "
                                        f"bytes); the size asked for is in {dtype}, which "
                                        f"takes {nbytes} byte(s) per value: dtype.itemsize."),
             (n_params * nbytes / 2**20, "That is MiB (2**20 bytes). Use MB: 10**6 bytes."),
             (n_params * nbytes, "That is in bytes: divide by 10**6 for MB."),
             (n_params * nbytes * 8 / 1e6, "That is megabits: a byte has 8 bits."),
-            (n_params / 1e6, "That is the number of parameters in millions: multiply by the "
-                             "bytes per value."),
+            (n_params / 1e6, "That is the number of parameters in millions: multiply by the bytes per value."),
         ]
-        got = call_learner(model_size_mb, model, dtype, name=f"model_size_mb({where}, {dtype})",
-                           model=model)
+        got = call_learner(model_size_mb, model, dtype, name=f"model_size_mb({where}, {dtype})", model=model)
         check_number(got, expected, f"model_size_mb({where}, {dtype})", known_mistakes=mistakes,
                      rel_tol=1e-6, hint=f"{dtype} takes {nbytes} byte(s) per value.")
     return n_params
 
 
-def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float],
-                        model: nn.Module) -> None:
+def check_model_size_mb(model_size_mb: Callable[[nn.Module, torch.dtype], float], model: nn.Module) -> None:
     """Check ``model_size_mb(model, dtype) -> float`` (MB = 10**6 bytes) for four dtypes."""
     n_params = _check_size(model_size_mb, model, "model")
     _check_size(model_size_mb, second_gpt2(model), "a second model")
@@ -512,9 +477,8 @@ def _llama_formula(config: dict[str, Any], *, untied: bool | None = None, kv_hea
 def _llama_settings(config: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     """The usual ways of miscounting a Llama-style model: (_llama_formula's settings, hint)."""
     return [
-        (dict(untied=False), "This model does not tie its output layer to the token embedding "
-                             "(tie_word_embeddings is false): lm_head is a second vocab_size x "
-                             "hidden_size matrix."),
+        (dict(untied=False), "This model does not tie its output layer to the token embedding (tie_word_embeddings is "
+                             "false): lm_head is a second vocab_size x hidden_size matrix."),
         (dict(untied=True), "This config ties the output layer to the embedding "
                             "(tie_word_embeddings is true): count that matrix once."),
         (dict(kv_heads=config["num_attention_heads"]),
@@ -522,9 +486,8 @@ def _llama_settings(config: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
          "not num_attention_heads x head_dim. Only q_proj and o_proj are hidden_size x hidden_size."),
         (dict(mlp_matrices=2), "SwiGLU has three matrices: gate_proj and up_proj (hidden -> "
                                "intermediate) and down_proj (intermediate -> hidden)."),
-        (dict(block_norms=False, final_norm=False), "You forgot the RMSNorms: two per layer "
-                                                    "(input and post-attention) and one at the end, "
-                                                    "each hidden_size weights."),
+        (dict(block_norms=False, final_norm=False), "You forgot the RMSNorms: two per layer (input and post-attention) "
+                                                    "and one at the end, each hidden_size weights."),
         (dict(block_norms=False), "You forgot the two RMSNorms in every layer (input_layernorm and "
                                   "post_attention_layernorm)."),
         (dict(final_norm=False), "You forgot the final norm (model.norm) after the last layer."),

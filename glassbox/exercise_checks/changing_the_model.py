@@ -91,8 +91,7 @@ def _notebook_untouched(state: ModelState, model: nn.Module, label: str) -> None
 def _mean_loss(logits: torch.Tensor, ids: torch.Tensor, shift: int = 1) -> torch.Tensor:
     """Mean cross-entropy of position t predicting token t + shift (shift 0 = the token itself)."""
     t, vocab = ids.shape[1], logits.shape[-1]
-    return F.cross_entropy(logits[:, : t - shift].reshape(-1, vocab).float(),
-                           ids[:, shift:].reshape(-1))
+    return F.cross_entropy(logits[:, : t - shift].reshape(-1, vocab).float(), ids[:, shift:].reshape(-1))
 
 
 @torch.no_grad()
@@ -120,12 +119,9 @@ def _loss_mistakes(model: nn.Module, ids: torch.Tensor, expected: float) -> list
         (expected / math.log(2), "That is in bits (log base 2). Use the natural logarithm, as "
                                  "F.cross_entropy does: nats per token."),
         (math.exp(expected), "That is the perplexity, exp(loss). Return the loss itself."),
-        (expected * n_windows * (length - 1), "That is the sum over all predicted tokens: return "
-                                              "the mean per token."),
-        (expected * (length - 1), "That is the sum over each window, averaged over windows: "
-                                  "return the mean per token."),
-        (_reference_loss(model, ids[:1]), "That is the loss of the first window only: use every "
-                                          "window of the batch."),
+        (expected * n_windows * (length - 1), "That is the sum over all predicted tokens: return the mean per token."),
+        (expected * (length - 1), "That is the sum over each window, averaged over windows: return the mean per token."),
+        (_reference_loss(model, ids[:1]), "That is the loss of the first window only: use every window of the batch."),
     ]
 
 
@@ -135,8 +131,7 @@ def check_heldout_loss(heldout_loss: Callable[[nn.Module, torch.Tensor], Any],
     (subject, pristine), label, (other, other_pristine), other_label = _subjects(model)
     notebook = ModelState(model)
     values = []
-    for mine, reference, who, shape in ((subject, pristine, label, (2, 32)),
-                                        (subject, pristine, label, (3, 20)),
+    for mine, reference, who, shape in ((subject, pristine, label, (2, 32)), (subject, pristine, label, (3, 20)),
                                         (other, other_pristine, other_label, (2, 24))):
         ids = heldout_windows(tokenizer, *shape) % mine.config.vocab_size
         expected = _reference_loss(reference, ids)
@@ -161,8 +156,7 @@ _ABLATIONS = {
 
 
 @torch.no_grad()
-def _ablation_table(model: nn.Module, ids: torch.Tensor, mistake: str | None = None
-                    ) -> torch.Tensor:
+def _ablation_table(model: nn.Module, ids: torch.Tensor, mistake: str | None = None) -> torch.Tensor:
     """Loss increase when each head is zeroed (a pre-hook on attn.c_proj), or a known mistake."""
     n_layer, n_head, d = model.config.n_layer, model.config.n_head, model.config.n_embd
     d_head = d // n_head
@@ -201,15 +195,13 @@ _ABLATION_HINTS = {
                 "the intact model on the same tokens.",
     "cumulative": "Each head stayed removed while you removed the next ones. Remove the hook "
                   "(handle.remove()) or restore the weights before moving on.",
-    "columns": "You zeroed the head's slice of c_proj's output. A head's output enters c_proj as "
-               "its *input* features h*d_head:(h+1)*d_head: zero those (Conv1D's weight is (in, "
-               "out), so the rows of c_proj.weight).",
+    "columns": "You zeroed the head's slice of c_proj's output. A head's output enters c_proj as its *input* features "
+               "h*d_head:(h+1)*d_head: zero those (Conv1D's weight is (in, out), so the rows of c_proj.weight).",
     "value": "You zeroed the head's value weights but not their bias, so the head still adds its "
              "value bias. Zero the head's input to c_proj (the rows of c_proj.weight) instead.",
 }
-_ABLATE_HINT = ("For each (layer, head): zero that head's slice of the input of "
-                "transformer.h[layer].attn.c_proj, measure the loss, put it back; subtract the "
-                "intact model's loss. Take the sizes from model.config.")
+_ABLATE_HINT = ("For each (layer, head): zero that head's slice of the input of transformer.h[layer].attn.c_proj, "
+                "measure the loss, put it back; subtract the intact model's loss. Take the sizes from model.config.")
 
 
 def _ablation_mistakes(model: nn.Module, ids: torch.Tensor, expected: torch.Tensor) -> list:
@@ -225,8 +217,7 @@ def check_ablate_heads(ablate_heads: Callable[[nn.Module, torch.Tensor], Any],
     (subject, pristine), label, (other, other_pristine), other_label = _subjects(model)
     notebook = ModelState(model)
     results = []
-    for mine, reference, who, length in ((subject, pristine, label, 32),
-                                         (other, other_pristine, other_label, 24)):
+    for mine, reference, who, length in ((subject, pristine, label, 32), (other, other_pristine, other_label, 24)):
         ids = heldout_windows(tokenizer, 2, length) % mine.config.vocab_size
         expected = _ablation_table(reference, ids)
         state = ModelState(mine)
@@ -237,19 +228,16 @@ def check_ablate_heads(ablate_heads: Callable[[nn.Module, torch.Tensor], Any],
         if problems:
             fail(f"After ablate_heads on {who}, the model is not as it was: "
                  f"{'; '.join(what for what, _ in problems)}.",
-                 "Put every head back before removing the next one: keep the handle of each hook "
-                 "and call handle.remove(), or restore the weights you zeroed (clone them first); "
-                 "measure under torch.no_grad() and leave the mode as it was. Reload the model "
-                 "with load_model() if yours is broken.")
+                 "Put every head back before removing the next one: keep the handle of each hook and call "
+                 "handle.remove(), or restore the weights you zeroed (clone them first); measure under torch.no_grad() "
+                 "and leave the mode as it was. Reload the model with load_model() if yours is broken.")
         if isinstance(got, (list, tuple)):
             fail(f"ablate_heads returned a {type(got).__name__}; expected a torch.Tensor of shape "
-                 f"{tuple(expected.shape)}.",
-                 "Fill a tensor: deltas = torch.zeros(n_layer, n_head), then "
+                 f"{tuple(expected.shape)}.", "Fill a tensor: deltas = torch.zeros(n_layer, n_head), then "
                  "deltas[layer, head] = ablated_loss - baseline.")
         check_tensor(got, expected, f"ablate_heads on {who} (shape {tuple(expected.shape)})",
                      rtol=1e-3, atol=max(2e-5, 1e-3 * float(expected.abs().max())),
-                     known_mistakes=lambda: _ablation_mistakes(reference, ids, expected),
-                     hint=_ABLATE_HINT)
+                     known_mistakes=lambda: _ablation_mistakes(reference, ids, expected), hint=_ABLATE_HINT)
         results.append(expected)
     top = divmod(int(results[0].argmax()), results[0].shape[1])
     passed(f"ablate_heads: all {results[0].shape[0]} x {results[0].shape[1]} loss increases match "
@@ -290,8 +278,7 @@ def check_suppress_tokens(suppress_tokens: Callable[[nn.Module, list[int]], Any]
         if isinstance(got, torch.Tensor):
             fail("suppress_tokens returned a tensor; expected a model (an nn.Module).",
                  "Return the edited copy of the model itself, not its weights or logits.")
-        check_type(got, nn.Module, "suppress_tokens(model, token_ids)",
-                   hint="Return the edited copy of the model.")
+        check_type(got, nn.Module, "suppress_tokens(model, token_ids)", hint="Return the edited copy of the model.")
         problems = [what for what, _ in state.problems(mine)]
         if got is mine or problems:
             what = "; ".join(problems) if problems else "it returned that same object"
@@ -336,9 +323,8 @@ def _check_suppressed(got: nn.Module, pristine: nn.Module, ids: torch.Tensor, be
         fail(f"The suppressed tokens {banned} still get a probability of up to {worst:.2g} "
              "(expected below 1e-6 at every position).",
              "A row of zeros gives a logit of 0, not a very negative one." if zeroed else
-             "Lower the logits of the ids in token_ids (the argument, not ids you chose) by a "
-             "large amount for every input: a bias of -inf (or -1e9) at those ids. An API's "
-             "logit_bias of -100 is the same idea.")
+             "Lower the logits of the ids in token_ids (the argument, not ids you chose) by a large amount for every "
+             "input: a bias of -inf (or -1e9) at those ids. An API's logit_bias of -100 is the same idea.")
     others = torch.ones(vocab, dtype=torch.bool)
     others[banned] = False
     if not torch.allclose(after[..., others], before[..., others], rtol=1e-4, atol=1e-4):
@@ -383,10 +369,8 @@ def _step_variants(before: tuple[nn.Module, torch.optim.Optimizer], ids: torch.T
     """The weights after this step with one thing done wrong: (weights, what happened, hint)."""
     out = []
     for settings, what, hint in (
-            ({"zero_grad": False}, "the weights moved by the gradients of this step and the previous "
-                                   "one added together",
-             "PyTorch adds new gradients to the old ones: call optimizer.zero_grad() at the start "
-             "of every step."),
+            ({"zero_grad": False}, "the weights moved by the gradients of this step and the previous one added together",
+             "PyTorch adds new gradients to the old ones: call optimizer.zero_grad() at the start of every step."),
             ({"shift": 0}, "the weights moved as if the loss had no shift",
              "The logits at position t predict token t + 1: logits[:, :-1] against input_ids[:, 1:].")):
         twin, optimizer = _twin(*before)
@@ -403,8 +387,7 @@ def _step_variants(before: tuple[nn.Module, torch.optim.Optimizer], ids: torch.T
 def _check_steps(training_step: Callable[..., Any], learner: nn.Module, reference: nn.Module,
                  notebook: ModelState, model: nn.Module, tokenizer: Any) -> None:
     """Two SGD steps of the learner's function against the reference's, on one model."""
-    batches = [heldout_windows(tokenizer, 2, 16, offset=o) % learner.config.vocab_size
-               for o in (0, 32)]
+    batches = [heldout_windows(tokenizer, 2, 16, offset=o) % learner.config.vocab_size for o in (0, 32)]
     opt_learner, opt_reference = _sgd(learner), _sgd(reference)
     for step, ids in enumerate(batches, start=1):
         before = _twin(reference, opt_reference)  # with the gradients and momentum of the last step
@@ -415,8 +398,7 @@ def _check_steps(training_step: Callable[..., Any], learner: nn.Module, referenc
         check_number(got, expected, f"the loss training_step returned at step {step}",
                      known_mistakes=lambda: [(_reference_loss(before[0], ids, shift=s), hint)
                                              for s, hint in _SHIFT_HINTS.items()],
-                     rel_tol=1e-4,
-                     hint="Return the mean next-token cross-entropy of this batch, computed before "
+                     rel_tol=1e-4, hint="Return the mean next-token cross-entropy of this batch, computed before "
                           "the update: loss.item().")
         scale = _max_diff(reference, before[0])
         if _max_diff(learner, reference) <= 1e-3 * scale + 1e-7:
@@ -434,13 +416,11 @@ def _check_steps(training_step: Callable[..., Any], learner: nn.Module, referenc
                 fail(f"After step {step} {what}.", hint)
         fail(f"After step {step} the weights differ from one SGD step on this batch (largest "
              f"difference {_max_diff(learner, reference):.3g}; the step itself moved them by up "
-             f"to {scale:.3g}).",
-             "Use the optimizer you were given (do not build a new one), do not clip, scale or "
+             f"to {scale:.3g}).", "Use the optimizer you were given (do not build a new one), do not clip, scale or "
              "accumulate, and compute the loss on this batch only.")
 
 
-def check_training_step(training_step: Callable[..., Any], model: nn.Module,
-                        tokenizer: Any) -> None:
+def check_training_step(training_step: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``training_step(model, optimizer, input_ids) -> float`` over two SGD steps with momentum."""
     (learner, reference, initial), label, (other, other_reference, _), other_label = _subjects(model, 3)
     notebook = ModelState(model)
@@ -481,17 +461,15 @@ class _NaNToInteger(TorchFunctionMode):
 
 
 _SCALE_FACTORS = (
-    (127 / 128, "Divide by 127, not 128: int8 stops at +127, so the largest value would round to "
-                "128 and overflow."),
+    (127 / 128, "Divide by 127, not 128: int8 stops at +127, so the largest value would round to 128 and overflow."),
     (127 / 127.5, "PyTorch's own per-row int8 divides by 127.5 and lets values reach -128; this "
                   "exercise uses 127 on both sides of zero."),
     (127 / 255, "255 steps is the range of uint8; a symmetric int8 scale uses 127 on each side of zero."),
     (127 / 256, "Divide by 127: the scale is max|w| / 127."),
     (127.0, "The scale is max|w| / 127, not max|w| itself."),
 )
-_ZERO_ROW_HINT = ("Its scale is 0, and 0 / 0 is NaN, which becomes garbage in int8 (whatever the "
-                  "platform makes of it). Guard it: scale.clamp(min=1e-12) before dividing, or "
-                  "torch.where(scale > 0, ...).")
+_ZERO_ROW_HINT = ("Its scale is 0, and 0 / 0 is NaN, which becomes garbage in int8 (whatever the platform makes of it). "
+                  "Guard it: scale.clamp(min=1e-12) before dividing, or torch.where(scale > 0, ...).")
 
 
 def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.Module) -> None:
@@ -502,8 +480,7 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
     expected_scale = absmax / 127
     safe = torch.where(expected_scale > 0, expected_scale, torch.ones_like(expected_scale))
     with _NaNToInteger() as watch:
-        got = call_learner(quantize_rows, weight, name="quantize_rows",
-                           protect={"weight matrix": weight})
+        got = call_learner(quantize_rows, weight, name="quantize_rows", protect={"weight matrix": weight})
     q, scale = unpack(got, ("q", "scale"), "quantize_rows")
     check_type(q, torch.Tensor, "q (element 0 of your tuple)")
     check_type(scale, torch.Tensor, "scale (element 1 of your tuple)")
@@ -538,12 +515,10 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
         fail("The all-zero row (row 300) went through 0 / 0 = NaN on its way to int8 (it came out "
              "as zeros on this machine, by chance of the conversion).", _ZERO_ROW_HINT)
     nonzero = absmax > 0
-    check_tensor(scale[nonzero], expected_scale[nonzero], "scale (rows that are not all zero)",
-                 rtol=1e-4, atol=1e-12,
+    check_tensor(scale[nonzero], expected_scale[nonzero], "scale (rows that are not all zero)", rtol=1e-4, atol=1e-12,
                  known_mistakes=lambda: [(weight.amax(dim=1)[nonzero] / 127,
-                                          "scale uses the largest value of each row, not the largest "
-                                          "*absolute* value: rows whose extreme is negative then "
-                                          "overflow. Use w.abs().amax(dim=1) / 127.")]
+                                          "scale uses the largest value of each row, not the largest *absolute* value: "
+                                          "rows whose extreme is negative then overflow. Use w.abs().amax(dim=1) / 127.")]
                  + [(expected_scale[nonzero] * f, h) for f, h in _SCALE_FACTORS],
                  hint="scale[i] = max |w[i]| / 127 (w.abs().amax(dim=1) / 127).")
     q_float = q.float()
@@ -555,8 +530,7 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
     if bad.any():
         if torch.equal(q_float, torch.trunc(weight / safe[:, None])):
             fail(f"{int(bad.sum()):,} values are off by more than half a step: q was truncated "
-                 "toward zero, not rounded.",
-                 "Converting to int8 cuts the fraction off. Round first: "
+                 "toward zero, not rounded.", "Converting to int8 cuts the fraction off. Round first: "
                  "torch.round(w / scale[:, None]).to(torch.int8).")
         sign_flips = int(((q_float * weight) < 0).sum())
         if sign_flips:
@@ -564,8 +538,7 @@ def check_quantize_rows(quantize_rows: Callable[[torch.Tensor], Any], model: nn.
                  "Values must stay in -127..127 before the conversion to int8.")
         fail(f"{int(bad.sum()):,} of {weight.numel():,} values are off by more than half a step "
              f"after dequantising (q * scale); largest error {float(error.max()):.3g}.",
-             "q = round(w / scale[:, None]): rounding to the nearest step keeps every error "
-             "within scale / 2.")
+             "q = round(w / scale[:, None]): rounding to the nearest step keeps every error within scale / 2.")
     mismatch = int((q_float != torch.round(weight / safe[:, None])).sum())
     passed(f"quantize_rows: int8 values in -127..127 with one scale per row (max|w| / 127), "
            f"every value within half a step of the original (largest error {float(error.max()):.2g}"

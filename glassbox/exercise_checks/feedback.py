@@ -84,8 +84,7 @@ class ModelState:
     def __init__(self, model: nn.Module) -> None:
         self.training, self.hooks = model.training, _hooks(model)
         self.grads = {name for name, p in model.named_parameters() if p.grad is not None}
-        self.digests = {name: _digest(t) for name, t in
-                        [*model.named_parameters(), *model.named_buffers()]}
+        self.digests = {name: _digest(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
 
     def problems(self, model: nn.Module) -> list[tuple[str, str]]:
         """(what changed, how to avoid it) for every way ``model`` differs from before."""
@@ -95,16 +94,14 @@ class ModelState:
         if changed:
             out.append((f"changed {len(changed)} of the model's weight tensors in place "
                         f"(e.g. {changed[0]})",
-                        "Compute new tensors instead of writing into the model's (no +=, "
-                        ".add_(), .copy_() or [...] = on its weights); then reload the model "
-                        "with load_model() and run the check again."))
+                        "Compute new tensors instead of writing into the model's (no +=, .add_(), .copy_() or [...] = "
+                        "on its weights); then reload the model with load_model() and run the check again."))
         grads = [n for n, p in model.named_parameters() if p.grad is not None and n not in self.grads]
         if grads:
             out.append((f"left gradients on {len(grads)} of the model's parameters "
                         f"(e.g. {grads[0]}.grad)",
-                        "This exercise needs no gradients: compute under torch.no_grad(), and "
-                        "never call .backward() here (or clear them: "
-                        "model.zero_grad(set_to_none=True))."))
+                        "This exercise needs no gradients: compute under torch.no_grad(), and never call .backward() "
+                        "here (or clear them: model.zero_grad(set_to_none=True))."))
         if model.training != self.training:
             mode = "training" if model.training else "evaluation"
             out.append((f"left the model in {mode} mode (model.training is {model.training})",
@@ -147,8 +144,7 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str | None = None,
                           "[...] = ... on the inputs).")
     problems = state.problems(model) if state is not None else []
     if problems:
-        fail(f"{label} {'; it also '.join(what for what, _ in problems)}.",
-             " ".join(how for _, how in problems))
+        fail(f"{label} {'; it also '.join(what for what, _ in problems)}.", " ".join(how for _, how in problems))
     return result
 
 
@@ -206,16 +202,14 @@ def unpack(got: Any, parts: Sequence[str], name: str, hint: str | None = None) -
     return tuple(got)
 
 
-def check_type(got: Any, expected_type: type | tuple[type, ...], name: str,
-               hint: str | None = None) -> None:
+def check_type(got: Any, expected_type: type | tuple[type, ...], name: str, hint: str | None = None) -> None:
     """Fail unless ``got`` is an instance of ``expected_type`` (with a None-specific hint)."""
     if isinstance(got, expected_type):
         return
     wanted = (expected_type.__name__ if isinstance(expected_type, type)
               else " or ".join(t.__name__ for t in expected_type))
     if got is None:
-        fail(f"{name} is None, expected a {wanted}.",
-             hint or "Did you forget the `return` statement?")
+        fail(f"{name} is None, expected a {wanted}.", hint or "Did you forget the `return` statement?")
     fail(f"{name} should be a {wanted}, got {_describe(got)}.", hint)
 
 
@@ -242,8 +236,7 @@ def _second_gpt2(n_head: int, n_embd: int, n_layer: int, eps: float, vocab_size:
     config = GPT2Config(n_layer=2 if n_layer != 2 else 3, n_head=heads, n_embd=heads * d_head,
                         vocab_size=vocab_size, n_positions=64,
                         layer_norm_epsilon=1e-2 if not math.isclose(eps, 1e-2) else 1e-3,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=bos, eos_token_id=eos)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=bos, eos_token_id=eos)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).eval()
@@ -296,8 +289,7 @@ def as_number(got: Any, name: str, *, integer: bool = False, hint: str | None = 
     if hasattr(got, "item") and not isinstance(got, numbers.Number):  # numpy scalars
         got = got.item()
     if isinstance(got, str):
-        fail(f"{name} should be a number, got the text {got[:40]!r}.",
-             "Convert with float(...) or int(...).")
+        fail(f"{name} should be a number, got the text {got[:40]!r}.", "Convert with float(...) or int(...).")
     if not isinstance(got, numbers.Real):
         fail(f"{name} should be a number, got {_describe(got)}.")
     value = float(got)
@@ -326,8 +318,7 @@ def _fmt(value: float) -> str:
 
 
 def check_number(got: Any, expected: float, name: str, known_mistakes: Mistakes = (),
-                 rel_tol: float = 1e-9, abs_tol: float = 0.0,
-                 hint: str | None = None, integer: bool = False) -> float:
+                 rel_tol: float = 1e-9, abs_tol: float = 0.0, hint: str | None = None, integer: bool = False) -> float:
     """Compare a learner's number with the reference, naming the likely mistake; return it."""
     value = as_number(got, name, integer=integer)
     if math.isclose(value, expected, rel_tol=rel_tol, abs_tol=abs_tol):
@@ -351,8 +342,7 @@ def close(got: Any, expected: torch.Tensor, rtol: float = 1e-4, atol: float = 1e
     if not isinstance(got, torch.Tensor) or got.is_floating_point() != expected.is_floating_point():
         return False
     got = got.detach()
-    return _close(got.to(expected.dtype) if got.is_floating_point() else got,
-                  expected.detach(), rtol, atol)
+    return _close(got.to(expected.dtype) if got.is_floating_point() else got, expected.detach(), rtol, atol)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
@@ -380,14 +370,11 @@ def _fail_if_not_finite(got: torch.Tensor, name: str, hint: str | None) -> None:
     n_nan, n_inf = int(torch.isnan(got).sum()), int(torch.isinf(got).sum())
     if n_nan or n_inf:
         fail(f"{name} contains {n_nan:,} NaN and {n_inf:,} infinite values "
-             f"(out of {got.numel():,}).",
-             hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
+             f"(out of {got.numel():,}).", hint or "Look for torch.empty(...) left unfilled, or a division by zero.")
 
 
-def check_tensor(got: Any, expected: torch.Tensor, name: str, *,
-                 rtol: float = 1e-4, atol: float = 1e-5,
-                 bias: torch.Tensor | None = None,
-                 known_mistakes: Mistakes = (),
+def check_tensor(got: Any, expected: torch.Tensor, name: str, *, rtol: float = 1e-4, atol: float = 1e-5,
+                 bias: torch.Tensor | None = None, known_mistakes: Mistakes = (),
                  hint: str | None = None) -> torch.Tensor:
     """Compare a learner's tensor with the reference and explain any difference; return it."""
     if got is None:
@@ -456,15 +443,13 @@ def _explain_shape(got: torch.Tensor, expected: torch.Tensor, name: str,
              "Work on one sequence without a batch axis, or return result[0] (or .squeeze(0)).")
     if len(want) >= 2 and len(shape) == len(want) - 1 and shape == want[1:]:
         fail(f"{head}: the first axis, one entry per position, is missing, as if you kept only "
-             "one position.", "Return the values for every position, e.g. don't index [-1] at "
-                              "the end.")
+             "one position.", "Return the values for every position, e.g. don't index [-1] at the end.")
     if got.dim() == expected.dim() and sorted(shape) == sorted(want) and got.dim() <= 5:
         for perm in itertools.permutations(range(got.dim())):
             if perm != tuple(range(got.dim())) and _close(got.permute(perm), expected, rtol, atol):
                 if got.dim() == 2:
                     fail(f"{head}: this is the transpose of the right answer.",
-                         hint or "Conv1D stores its weight as (in, out); nn.Linear as "
-                                 "(out, in). Transpose with .T.")
+                         hint or "Conv1D stores its weight as (in, out); nn.Linear as (out, in). Transpose with .T.")
                 fail(f"{head}: the values are right but the axes are in the wrong "
                      f"order; .permute{perm} of your tensor would be correct.",
                      hint or "Check the order of your transpose/permute calls.")

@@ -96,8 +96,7 @@ def reference_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return normed * weight + bias if variant.ln_affine else normed
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            variant: Variant) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, variant: Variant) -> torch.Tensor:
     """A Conv1D layer: x @ W + b, W stored as (in, out)."""
     w = weight.T if variant.transpose_weights and weight.shape[0] == weight.shape[1] else weight
     return x @ w + bias if bias is not None else x @ w
@@ -145,8 +144,7 @@ def _patterns(q: torch.Tensor, k: torch.Tensor, variant: Variant) -> torch.Tenso
 
 
 def reference_attention_head(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor,
-                             n_head: int, head: int, variant: Variant = CORRECT
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+                             n_head: int, head: int, variant: Variant = CORRECT) -> tuple[torch.Tensor, torch.Tensor]:
     """One head of GPT-2's attention on ``x`` (seq, d_model), already normalised by ln_1."""
     q, k, v = _qkv_heads(x, w_qkv, b_qkv, n_head, variant)
     pattern = _patterns(q[head], k[head], variant)
@@ -156,16 +154,13 @@ def reference_attention_head(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.
 def _attention(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str, n_head: int,
                variant: Variant) -> torch.Tensor:
     seq, d_model = x.shape
-    q, k, v = _qkv_heads(x, sd[prefix + "attn.c_attn.weight"], sd[prefix + "attn.c_attn.bias"],
-                         n_head, variant)
+    q, k, v = _qkv_heads(x, sd[prefix + "attn.c_attn.weight"], sd[prefix + "attn.c_attn.bias"], n_head, variant)
     z = (_patterns(q, k, variant) @ v).transpose(0, 1).reshape(seq, d_model)
     return _linear(z, sd[prefix + "attn.c_proj.weight"], sd[prefix + "attn.c_proj.bias"], variant)
 
 
-def _mlp(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str,
-         variant: Variant) -> torch.Tensor:
-    hidden = _activation(_linear(x, sd[prefix + "mlp.c_fc.weight"], sd[prefix + "mlp.c_fc.bias"],
-                                 variant), variant)
+def _mlp(x: torch.Tensor, sd: Mapping[str, torch.Tensor], prefix: str, variant: Variant) -> torch.Tensor:
+    hidden = _activation(_linear(x, sd[prefix + "mlp.c_fc.weight"], sd[prefix + "mlp.c_fc.bias"], variant), variant)
     return _linear(hidden, sd[prefix + "mlp.c_proj.weight"], sd[prefix + "mlp.c_proj.bias"], variant)
 
 
@@ -176,8 +171,7 @@ def reference_block(x: torch.Tensor, sd: Mapping[str, torch.Tensor], layer: int,
     eps = config.layer_norm_epsilon
 
     def ln(name: str, t: torch.Tensor) -> torch.Tensor:
-        return reference_layer_norm(t, sd[prefix + name + ".weight"], sd[prefix + name + ".bias"],
-                                    eps, variant)
+        return reference_layer_norm(t, sd[prefix + name + ".weight"], sd[prefix + name + ".bias"], eps, variant)
 
     if variant.post_norm:
         x = ln("ln_1", x + _attention(x, sd, prefix, config.n_head, variant))
@@ -226,43 +220,34 @@ def _attention_mistakes() -> list[tuple[Variant, str]]:
                                 "the scores q @ k.T by math.sqrt(d_head) before the softmax."),
         (Variant(scale="d_head"), "You divided the scores by d_head; GPT-2 divides by its square "
                                   "root, math.sqrt(d_head)."),
-        (Variant(mask="none"), "No causal mask: every position also reads the positions after "
-                               "it (the future). Set the scores where j > i to -inf before the "
-                               "softmax."),
-        (Variant(mask="one_ahead"), "The mask is off by one: each position can still see the "
-                                    "next one. torch.triu(..., diagonal=1) marks exactly the "
-                                    "future (j > i)."),
-        (Variant(mask="strict", mask_fill=-1e9), "The mask is off by one: it also hides the "
-                                                 "diagonal, so a position cannot read itself. "
-                                                 "Mask j > i only: torch.triu(..., diagonal=1)."),
-        (Variant(mask="strict"), "The mask is off by one: it also hides the diagonal, so the first "
-                                 "position has nothing left to read and its softmax is NaN. Mask "
-                                 "j > i only: torch.triu(..., diagonal=1)."),
-        (Variant(mask="after_softmax"), "You zeroed the future after the softmax, so the rows no "
-                                        "longer sum to 1. Mask the scores with -inf before the "
-                                        "softmax instead."),
+        (Variant(mask="none"), "No causal mask: every position also reads the positions after it (the future). Set the "
+                               "scores where j > i to -inf before the softmax."),
+        (Variant(mask="one_ahead"), "The mask is off by one: each position can still see the next one. torch.triu(..., "
+                                    "diagonal=1) marks exactly the future (j > i)."),
+        (Variant(mask="strict", mask_fill=-1e9), "The mask is off by one: it also hides the diagonal, so a position "
+                                                 "cannot read itself. Mask j > i only: torch.triu(..., diagonal=1)."),
+        (Variant(mask="strict"), "The mask is off by one: it also hides the diagonal, so the first position has nothing "
+                                 "left to read and its softmax is NaN. Mask j > i only: torch.triu(..., diagonal=1)."),
+        (Variant(mask="after_softmax"), "You zeroed the future after the softmax, so the rows no longer sum to 1. Mask "
+                                        "the scores with -inf before the softmax instead."),
         (Variant(softmax_dim=-2), "The softmax runs over the wrong axis: each row (one query) "
                                   "must sum to 1, so use softmax(dim=-1)."),
         (Variant(swap_qk=True), "You computed k @ q.T: the pattern is transposed. Row i is query "
                                 "i, so the scores are q @ k.T."),
-        (Variant(split="heads_then_qkv"), "c_attn's output is [q | k | v] along the last axis: "
-                                          "split it into q, k and v first, then cut each into "
-                                          "heads."),
-        (Variant(qkv_bias=False), "You forgot c_attn's bias: queries, keys and values are "
-                                  "x @ W + b."),
+        (Variant(split="heads_then_qkv"), "c_attn's output is [q | k | v] along the last axis: split it into q, k and v "
+                                          "first, then cut each into heads."),
+        (Variant(qkv_bias=False), "You forgot c_attn's bias: queries, keys and values are x @ W + b."),
     ]
 
 
 _LN_MISTAKES = [
-    (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 "
-                             "(x.var(-1, unbiased=False, keepdim=True), or "
-                             "((x - mean) ** 2).mean(-1, keepdim=True))."),
+    (Variant(unbiased=True), "LayerNorm uses the biased variance: divide by n, not n - 1 (x.var(-1, unbiased=False, "
+                             "keepdim=True), or ((x - mean) ** 2).mean(-1, keepdim=True))."),
     (Variant(eps_outside_sqrt=True), "The LayerNorm epsilon goes inside the square root: "
                                      "sqrt(var + eps), not sqrt(var) + eps."),
     (Variant(ln_axis=0), "You normalised over the sequence (axis 0); LayerNorm normalises "
                          "each position's vector over its features: axis -1."),
-    (Variant(ln_affine=False), "You normalised but forgot the weight and bias: "
-                               "multiply by weight, then add bias."),
+    (Variant(ln_affine=False), "You normalised but forgot the weight and bias: multiply by weight, then add bias."),
 ]
 
 
@@ -273,9 +258,8 @@ def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
           [(Variant(eps=0.0), "You left out the LayerNorm epsilon: divide by sqrt(var + eps) "
                               "with eps = config.layer_norm_epsilon.")]),
         (Variant(transpose_weights=True),
-         "This is what you get with attn.c_proj's weight transposed. Conv1D stores its weight as "
-         "(in, out): the layer is x @ W + b, no .T. A square weight raises no shape error when "
-         "transposed, so nothing warns you."),
+         "This is what you get with attn.c_proj's weight transposed. Conv1D stores its weight as (in, out): the layer "
+         "is x @ W + b, no .T. A square weight raises no shape error when transposed, so nothing warns you."),
         *_attention_mistakes(),
         (Variant(activation="gelu"), "This is the exact GELU (erf); GPT-2 uses the tanh "
                                      "approximation, 'gelu_new': 0.5 * x * (1 + tanh(sqrt(2/pi) "
@@ -283,13 +267,11 @@ def _block_mistakes(eps: float | None = None) -> list[tuple[Variant, str]]:
         (Variant(activation="relu"), "This is ReLU; GPT-2's MLP uses GELU (the tanh approximation)."),
         (Variant(attn_residual=False), "You forgot the residual around attention: the block adds "
                                        "attention's output to its input, x = x + attn(ln_1(x))."),
-        (Variant(mlp_residual=False), "You forgot the residual around the MLP: x = x + "
-                                      "mlp(ln_2(x))."),
+        (Variant(mlp_residual=False), "You forgot the residual around the MLP: x = x + mlp(ln_2(x))."),
         (Variant(attn_residual=False, mlp_residual=False),
          "You forgot both residual connections: x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))."),
-        (Variant(post_norm=True), "You normalised after adding (the original Transformer's "
-                                  "post-norm); GPT-2 normalises the input of each sublayer: "
-                                  "x + attn(ln_1(x))."),
+        (Variant(post_norm=True), "You normalised after adding (the original Transformer's post-norm); GPT-2 normalises "
+                                  "the input of each sublayer: x + attn(ln_1(x))."),
         *_LN_MISTAKES[:2],
     ]
 
@@ -357,15 +339,12 @@ def _layer_norm_mistakes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     eps_mistakes = (_eps_mistakes(eps) if eps == usual_eps else
                     [(Variant(eps=usual_eps), f"Use the eps argument: this case passes eps={eps:g}, "
                                               f"but your answer used {usual_eps:g}.")])
-    generated = mistakes_from(lambda v: reference_layer_norm(x, weight, bias, eps, v),
-                              [*_LN_MISTAKES, *eps_mistakes])
+    generated = mistakes_from(lambda v: reference_layer_norm(x, weight, bias, eps, v), [*_LN_MISTAKES, *eps_mistakes])
 
     def mistakes() -> Iterable[tuple[torch.Tensor, str]]:
         yield from generated()
-        yield (reference_layer_norm(x, bias, weight, eps),
-               "You swapped weight and bias: normalised * weight + bias.")
-        yield (reference_layer_norm(x, weight, torch.zeros_like(bias), eps),
-               "You forgot to add the bias.")
+        yield (reference_layer_norm(x, bias, weight, eps), "You swapped weight and bias: normalised * weight + bias.")
+        yield (reference_layer_norm(x, weight, torch.zeros_like(bias), eps), "You forgot to add the bias.")
     return mistakes
 
 
@@ -389,8 +368,7 @@ def check_layer_norm(layer_norm: Callable[..., Any], model: nn.Module, tokenizer
         ("rows including a constant one (variance 0)", constant, last, eps),
         (f"the rows of variance about {eps:g} with eps={other_eps:g}", small, last, other_eps),
         ("the residual stream entering block 0, with ln_1 of block 0", streams[0], first, eps),
-        (f"a second model's stream (width {other.config.n_embd}, eps={ln.eps:g})",
-         other_stream, ln, float(ln.eps)),
+        (f"a second model's stream (width {other.config.n_embd}, eps={ln.eps:g})", other_stream, ln, float(ln.eps)),
     ]
     for label, x, module, case_eps in cases:
         weight, bias = module.weight.detach(), module.bias.detach()
@@ -441,22 +419,19 @@ def _check_head(attention_head: Callable[..., Any], label: str, model: nn.Module
                  known_mistakes=mistakes_from(
                      lambda v: reference_attention_head(x, w, b, n_head, head, v)[0],
                      _attention_mistakes()),
-                 rtol=1e-4, atol=1e-6,
-                 hint="scores = q @ k.T / sqrt(d_head); set scores[i, j] = -inf where j > i; "
+                 rtol=1e-4, atol=1e-6, hint="scores = q @ k.T / sqrt(d_head); set scores[i, j] = -inf where j > i; "
                       "then softmax over the last axis.")
 
     def z_mistakes() -> Iterable[tuple[torch.Tensor, str]]:
         v = _qkv_heads(x, w, b, n_head, CORRECT)[2][head]
         yield pattern.T @ v, "You multiplied the transposed pattern with v: z = pattern @ v."
-        yield v, ("This is v itself: the head's output is the pattern-weighted sum of the "
-                  "values, z = pattern @ v.")
+        yield v, ("This is v itself: the head's output is the pattern-weighted sum of the values, z = pattern @ v.")
     check_tensor(got_z, z, f"z for {label}", known_mistakes=z_mistakes,
                  hint=f"z = pattern @ v, with v the head's slice of the values: shape "
                       f"({seq}, {d_head}).")
 
 
-def check_attention_head(attention_head: Callable[..., Any], model: nn.Module,
-                         tokenizer: Any) -> None:
+def check_attention_head(attention_head: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``attention_head(x, w_qkv, b_qkv, n_head, head) -> (pattern, z)``."""
     ids = _prompt_ids(tokenizer, model)
     n_layer, n_head = model.config.n_layer, model.config.n_head
@@ -496,18 +471,15 @@ def _check_block(transformer_block: Callable[..., Any], label: str, x: torch.Ten
                  config: Any, model: nn.Module) -> None:
     with torch.no_grad(), _own_code_only():
         got = call_learner(transformer_block, x, sd, layer, config, name="transformer_block",
-                           hints={Refused: _OWN_CODE_HINT, **_LEARNER_HINTS},
-                           protect={"input x": x}, model=model)
+                           hints={Refused: _OWN_CODE_HINT, **_LEARNER_HINTS}, protect={"input x": x}, model=model)
     check_tensor(got, expected, label, rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
                  known_mistakes=mistakes_from(
                      lambda variant: reference_block(x, sd, layer, config, variant),
                      _block_mistakes(config.layer_norm_epsilon)),
-                 hint="x = x + attention(ln_1(x)); x = x + mlp(ln_2(x)), every layer as "
-                      "x @ W + b with W read from sd.")
+                 hint="x = x + attention(ln_1(x)); x = x + mlp(ln_2(x)), every layer as x @ W + b with W read from sd.")
 
 
-def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Module,
-                            tokenizer: Any) -> None:
+def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``transformer_block(x, sd, layer, config) -> x`` for the first and last blocks."""
     ids = _prompt_ids(tokenizer, model)
     streams = _run_model(model, ids)[0]
@@ -522,17 +494,14 @@ def check_transformer_block(transformer_block: Callable[..., Any], model: nn.Mod
     with torch.no_grad():
         expected = reference_block(streams[layer], changed, layer, config)
         with _own_code_only():
-            got = call_learner(transformer_block, streams[layer], changed, layer, config,
-                               name="transformer_block",
+            got = call_learner(transformer_block, streams[layer], changed, layer, config, name="transformer_block",
                                hints={Refused: _OWN_CODE_HINT, **_LEARNER_HINTS})
     if close(got, streams[layer + 1], _BLOCK_RTOL, _BLOCK_ATOL):
         fail("transformer_block gives the loaded model's output even for a state dict whose "
              "tensors were changed: it does not read the `sd` it is given.",
-             "Take every weight from sd, e.g. sd[f'transformer.h.{layer}.ln_1.weight'], not "
-             "from model.")
+             "Take every weight from sd, e.g. sd[f'transformer.h.{layer}.ln_1.weight'], not from model.")
     check_tensor(got, expected, f"transformer_block on a state dict with changed weights "
-                 f"(layer {layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL,
-                 hint="Read every tensor from the sd argument.")
+                 f"(layer {layer})", rtol=_BLOCK_RTOL, atol=_BLOCK_ATOL, hint="Read every tensor from the sd argument.")
     other = second_gpt2(model)
     other_streams = _run_model(other, ids)[0]
     _check_block(transformer_block, f"transformer_block on block 0 of a second model (width "
@@ -565,8 +534,7 @@ def _forward_mistakes(ids: torch.Tensor, sd: Mapping[str, torch.Tensor], config:
     generated = mistakes_from(
         lambda variant: reference_forward(ids, sd, config, variant),
         [(Variant(ln_f=False), "You forgot the final LayerNorm ln_f before the output layer."),
-         (Variant(positions="none"), "You forgot the position embeddings: x = wte[ids] + "
-                                     "wpe[0..seq-1]."),
+         (Variant(positions="none"), "You forgot the position embeddings: x = wte[ids] + wpe[0..seq-1]."),
          (Variant(positions="shifted"), "The positions are off by one: the first token gets "
                                         "wpe[0], so use torch.arange(seq)."),
          *_block_mistakes(config.layer_norm_epsilon)])
@@ -628,8 +596,7 @@ def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, token
                  f"{other.config.layer_norm_epsilon:g})",
                  known_mistakes=_forward_mistakes(ids, other_sd, other.config, other_expected),
                  rtol=_LOGITS_RTOL, atol=_LOGITS_ATOL,
-                 hint="Read every size from config (n_layer, n_head, layer_norm_epsilon) and every "
-                      "tensor from sd.")
+                 hint="Read every size from config (n_layer, n_head, layer_norm_epsilon) and every tensor from sd.")
     passed(f"gpt2_forward: the logits for {len(ids)} tokens match the model's (largest difference "
            f"{largest:.1e}), also from a state dict without lm_head.weight and for a second model "
            "of other sizes, and follow the state dict's weights when they change.")
@@ -637,33 +604,28 @@ def check_gpt2_forward(gpt2_forward: Callable[..., Any], model: nn.Module, token
 
 # --------------------------------------------------------------------------- exercise 5
 
-def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Module,
-                           tokenizer: Any) -> None:
+def check_next_token_probs(next_token_probs: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``next_token_probs(logits, temperature, top_k)`` on the model's next-token logits."""
     ids = _prompt_ids(tokenizer, model, NEXT_TOKEN_PROMPT)
     with torch.no_grad():
         logits = model(ids[None]).logits[0, -1]
     for temperature, top_k in [(1.0, None), (0.5, None), (2.0, None), (1.0, 5), (0.7, 3)]:
         with torch.no_grad():
-            got = call_learner(next_token_probs, logits.clone(), temperature, top_k,
-                               name="next_token_probs",
+            got = call_learner(next_token_probs, logits.clone(), temperature, top_k, name="next_token_probs",
                                hints={TypeError: "top_k can be None (keep every token) or an int."})
         expected = reference_next_token_probs(logits, temperature, top_k)
         label = f"next_token_probs(logits, temperature={temperature:g}, top_k={top_k})"
 
-        def mistakes(temperature: float = temperature, top_k: int | None = top_k
-                     ) -> Iterable[tuple[torch.Tensor, str]]:
+        def mistakes(temperature: float = temperature, top_k: int | None = top_k) -> Iterable[tuple[torch.Tensor, str]]:
             yield (reference_next_token_probs(logits, 1 / temperature, top_k),
                    "You multiplied the logits by the temperature; divide them by it: a high "
                    "temperature flattens the distribution.")
             yield (reference_next_token_probs(logits, 1.0, top_k),
-                   "The temperature has no effect in your answer: divide the logits by it "
-                   "before the softmax.")
+                   "The temperature has no effect in your answer: divide the logits by it before the softmax.")
             yield (logits / temperature, "These are scaled logits: apply the softmax.")
             yield (reference_next_token_probs(logits, 1.0, top_k) ** (1 / temperature),
-                   "You raised the probabilities to the power 1/temperature but did not "
-                   "renormalise; dividing the logits by the temperature before the softmax does "
-                   "both.")
+                   "You raised the probabilities to the power 1/temperature but did not renormalise; dividing the "
+                   "logits by the temperature before the softmax does both.")
             yield (torch.log_softmax(logits / temperature, -1) if top_k is None else
                    reference_next_token_probs(logits, temperature, top_k).log(),
                    "These are log-probabilities; return probabilities (softmax, not log_softmax).")

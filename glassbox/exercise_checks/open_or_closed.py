@@ -43,8 +43,7 @@ def reference_classification(release: dict[str, bool]) -> str:
 
 
 def _release(weights: bool, code: bool, data: bool, osi: bool, api: bool) -> dict[str, bool]:
-    return {"weights": weights, "training_code": code, "data_information": data,
-            "osi_licence": osi, "api": api}
+    return {"weights": weights, "training_code": code, "data_information": data, "osi_licence": osi, "api": api}
 
 
 def _release_cases() -> list[tuple[str, dict[str, bool]]]:
@@ -54,8 +53,7 @@ def _release_cases() -> list[tuple[str, dict[str, bool]]]:
     real = [  # (label, model in licences.csv, training code, data information, API)
         ("TinyGPT (corpus generator, training code, weights, MIT)", "TinyGPT", True, True, False),
         ("GPT-2 (weights and inference code, MIT; WebText never released)", "GPT-2", False, False, False),
-        ("Llama 3 (weights under Meta's community licence; no data, no training code)", "Llama 3",
-         False, False, True),
+        ("Llama 3 (weights under Meta's community licence; no data, no training code)", "Llama 3", False, False, True),
         ("Mistral 7B (weights under Apache-2.0; no data)", "Mistral 7B", False, False, True),
         ("OLMo (weights, training code and the Dolma data, Apache-2.0)", "OLMo", True, True, True),
         ("ChatGPT (an app and an API, nothing else)", "GPT-4 / ChatGPT", False, False, True)]
@@ -68,10 +66,8 @@ def _release_cases() -> list[tuple[str, dict[str, bool]]]:
         # Training code and data information must each decide the answer on their own.
         ("weights and the complete training code under Apache-2.0, but no data information",
          True, True, False, True, False),
-        ("weights and full data information under Apache-2.0, but no training code",
-         True, False, True, True, True),
-        ("training code and data published, but neither the weights nor any API",
-         False, True, True, True, False)]
+        ("weights and full data information under Apache-2.0, but no training code", True, False, True, True, True),
+        ("training code and data published, but neither the weights nor any API", False, True, True, True, False)]
     return [(label, _release(licences[model]["weights_released"] == "yes", code, data,
                              licences[model]["osi_approved"] == "yes", api))
             for label, model, code, data, api in real] + \
@@ -120,8 +116,7 @@ def check_classify_release(classify_release: Callable[[dict[str, bool]], str]) -
             fail(f"For {label} you returned {got!r}, which is not one of the four answers.",
                  f"Return one of: {answers}.")
         if got != expected:
-            fail(f"{label}: expected {expected!r}, got {got!r}.",
-                 _classification_hint(release, got, expected))
+            fail(f"{label}: expected {expected!r}, got {got!r}.", _classification_hint(release, got, expected))
     passed(f"classify_release: all {len(cases)} releases classified as this course's reading of the "
            "OSI definition does (parameters, training code and data information, each checked on "
            "its own, under OSI-approved terms), from TinyGPT (open source) to ChatGPT (open access).")
@@ -152,11 +147,9 @@ def check_openness_score(openness_score: Callable[[dict[str, str], list[str]], f
             mistakes = [
                 (counts["open"], "You gave 'partial' 0 points: it counts half (0.5)."),
                 (counts["open"] + counts["partial"], "You gave 'partial' a full point: it counts half (0.5)."),
-                (counts["closed"] + 0.5 * counts["partial"], "You counted 'closed' as open: 'open' is 1, "
-                                                             "'closed' is 0."),
+                (counts["closed"] + 0.5 * counts["partial"], "You counted 'closed' as open: 'open' is 1, 'closed' is 0."),
                 (expected / len(dimensions), "That is the average; the score asked for is the sum."),
-                (100 * expected / len(dimensions), "That is a percentage; the score asked for is the sum "
-                                                   "of the points."),
+                (100 * expected / len(dimensions), "That is a percentage; the score asked for is the sum of the points."),
             ]
             given = {k: v for k, v in row.items() if k not in (sum_column, "pct")}  # no totals
             got = call_learner(openness_score, given, list(dimensions), name="openness_score",
@@ -194,10 +187,8 @@ def _cost_settings(row: dict[str, str]) -> list[tuple[dict[str, Any], str]]:
         (dict(output_tokens=0), "You priced only the input tokens: the generated (output) tokens cost more."),
         (dict(output_price="usd_per_1m_input"), "You priced every token at the input price; output "
                                                 "tokens have their own price."),
-        (dict(input_price="usd_per_1m_output"), "You priced every token at the output price; input "
-                                                "tokens are cheaper."),
-        (dict(per=1_000), "The prices are per million tokens (usd_per_1m_...), not per thousand: "
-                          "divide by 1,000,000."),
+        (dict(input_price="usd_per_1m_output"), "You priced every token at the output price; input tokens are cheaper."),
+        (dict(per=1_000), "The prices are per million tokens (usd_per_1m_...), not per thousand: divide by 1,000,000."),
         (dict(per=1), "The prices are per million tokens: divide tokens x price by 1,000,000."),
     ]
     if row.get("usd_per_1m_cached_input"):
@@ -294,11 +285,9 @@ def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, boo
                                       KeyError: "The row's columns are: " + ", ".join(row) + "."})
             if isinstance(got, bool):
                 fail(f"licence_answer returned {got} for {row['model']}, {who}; expected 'yes', 'no' "
-                     "or 'unknown'.",
-                     "A bool cannot say 'unknown'. When the terms are not established, the honest "
+                     "or 'unknown'.", "A bool cannot say 'unknown'. When the terms are not established, the honest "
                      "answer is its own value: return 'yes', 'no' or 'unknown'.")
-            check_type(got, str, f"licence_answer for {row['model']}, {who}",
-                       hint="Return 'yes', 'no' or 'unknown'.")
+            check_type(got, str, f"licence_answer for {row['model']}, {who}", hint="Return 'yes', 'no' or 'unknown'.")
             if got not in ANSWERS:
                 fail(f"licence_answer returned {got!r} for {row['model']}, {who}.",
                      "Return exactly one of 'yes', 'no' or 'unknown' (lower case).")
@@ -334,9 +323,8 @@ def check_licence_answer(licence_answer: Callable[[dict[str, str], int, int, boo
             ]
             fail(f"{row['model']} ({row['licence']}), {who}: expected {expected!r}, got {got!r}.",
                  next((hint for applies, hint in hints if applies),
-                      "Check, in order: weights released, the release-date users test (if any), "
-                      "commercial use, and the outputs clause when train_other_model is true; any "
-                      "'no' wins, then any 'unknown'."))
+                      "Check, in order: weights released, the release-date users test (if any), commercial use, and the "
+                      "outputs clause when train_other_model is true; any 'no' wins, then any 'unknown'."))
     n_made = len(_made_up_licences(list(rows[0])))
     passed(f"licence_answer: right for all {len(rows)} licences ({len(rows) - n_made} from data/licences.csv, "
            f"{n_made} made up to separate its columns) in {len(SITUATIONS)} situations each; unknown stays "

@@ -47,8 +47,7 @@ def _one_thread(check: _Check) -> _Check:
     return wrapper  # type: ignore[return-value]
 
 
-def fresh_init(config: Any, seed: int = FRESH_SEED,
-               dtype: torch.dtype = torch.float16) -> nn.Module:
+def fresh_init(config: Any, seed: int = FRESH_SEED, dtype: torch.dtype = torch.float16) -> nn.Module:
     """A seeded fresh ``GPT2LMHeadModel(config)`` in ``dtype`` (float16: ``.float()`` before use)."""
     from transformers import GPT2LMHeadModel
 
@@ -88,8 +87,7 @@ def _cosine_to_all(embeddings: torch.Tensor, query: torch.Tensor) -> torch.Tenso
 def _as_id_list(got: Any, k: int, vocab: int, label: str) -> list[int]:
     """The learner's answer as a list of ints, or a failure saying what it is instead."""
     if got is None:
-        fail(f"{label} is None, expected a list of {k} token ids.",
-             "Did you forget the `return` statement?")
+        fail(f"{label} is None, expected a list of {k} token ids.", "Did you forget the `return` statement?")
     if isinstance(got, tuple) and len(got) == 2 and all(
             isinstance(part, torch.Tensor) for part in got):
         fail(f"{label} is a pair of tensors, probably (values, indices) from topk.",
@@ -102,8 +100,7 @@ def _as_id_list(got: Any, k: int, vocab: int, label: str) -> list[int]:
     if isinstance(got, torch.Tensor):
         if got.is_floating_point():
             fail(f"{label} is a float tensor of shape {tuple(got.shape)}: these look like "
-                 "similarities, not token ids.",
-                 "topk gives both: sims.topk(k).indices are the ids.")
+                 "similarities, not token ids.", "topk gives both: sims.topk(k).indices are the ids.")
         if got.dim() != 1:
             fail(f"{label} has shape {tuple(got.shape)}, expected ({k},): one id per neighbour.",
                  "Return a flat list of ids, e.g. .indices.tolist().")
@@ -124,8 +121,7 @@ def _as_id_list(got: Any, k: int, vocab: int, label: str) -> list[int]:
             fail(f"{label} should hold integer token ids, got {type(item).__name__} {item!r}.")
         out.append(int(item))
     if len(out) != k:
-        fail(f"{label} has {len(out)} ids, expected k = {k}.",
-             "Return exactly k ids: sims.topk(k).")
+        fail(f"{label} has {len(out)} ids, expected k = {k}.", "Return exactly k ids: sims.topk(k).")
     bad = [i for i in out if not 0 <= i < vocab]
     if bad:
         fail(f"{label} holds {bad[0]}, which is not a token id (ids run from 0 to {vocab - 1}).")
@@ -156,10 +152,9 @@ def _nearest_settings(text: str, tokenizer: Any, model_embeddings: torch.Tensor 
     """The usual mistakes: (_neighbours's settings, hint)."""
     n = len(tokenizer.encode(text))
     settings: list[tuple[dict[str, Any], str]] = [
-        (dict(measure="dot"), "These are the largest dot products, not cosine similarities: long "
-                              "vectors win. Divide by the lengths: normalise every row (one token's "
-                              "vector) and the query to length 1, F.normalize(E, dim=1); dim=0 "
-                              "would normalise the columns."),
+        (dict(measure="dot"), "These are the largest dot products, not cosine similarities: long vectors win. Divide by "
+                              "the lengths: normalise every row (one token's vector) and the query to length 1, "
+                              "F.normalize(E, dim=1); dim=0 would normalise the columns."),
         (dict(measure="columns"), "You normalised along the wrong axis: each row (one token's "
                                   "vector, dim=1) should get length 1, not each column (dim=0).")]
     if n > 1:
@@ -176,15 +171,13 @@ def _nearest_settings(text: str, tokenizer: Any, model_embeddings: torch.Tensor 
                  for variant in sorted({text.strip(), " " + text, text.lower()} - {text})
                  if variant and tokenizer.encode(variant) != tokenizer.encode(text)]
     if model_embeddings is not None:
-        settings.append((dict(embeddings=model_embeddings), "These are the neighbours in the loaded "
-                         "model's embeddings, not in the `embeddings` argument: use the matrix "
-                         "you are given."))
+        settings.append((dict(embeddings=model_embeddings), "These are the neighbours in the loaded model's embeddings, "
+                         "not in the `embeddings` argument: use the matrix you are given."))
     return settings
 
 
 @_one_thread
-def check_nearest_neighbours(nearest_neighbours: Callable[..., Any], model: nn.Module,
-                             tokenizer: Any) -> None:
+def check_nearest_neighbours(nearest_neighbours: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``nearest_neighbours(text, embeddings, tokenizer, k) -> list[int]``."""
     wte = model.transformer.wte.weight.detach()
     vocab = wte.shape[0]
@@ -209,8 +202,7 @@ def check_nearest_neighbours(nearest_neighbours: Callable[..., Any], model: nn.M
         if inside:
             fail(f"{label} includes {_token_text(tokenizer, inside[0])} (id {inside[0]}), a token "
                  f"of {text!r} itself: every vector is most similar to itself.",
-                 "Leave the word's own token ids out before picking the top k, e.g. "
-                 "sims[ids] = -inf.")
+                 "Leave the word's own token ids out before picking the top k, e.g. sims[ids] = -inf.")
         got_sims = sims[got_ids]
         expected_sims = sims[expected]
         if torch.allclose(got_sims.sort(descending=True).values, expected_sims, atol=1e-5, rtol=0):
@@ -248,8 +240,7 @@ def _pick_word(tokenizer: Any, candidates: Sequence[str], n_tokens: int | None) 
 
 # --------------------------------------------------------------------------- exercise 2
 
-def reference_position_pca(positions: torch.Tensor, n_components: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_position_pca(positions: torch.Tensor, n_components: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centred PCA of the rows of ``positions``: coordinates (P, n), variance ratios (n,)."""
     x = positions.double()
     centred = x - x.mean(dim=0)
@@ -290,11 +281,9 @@ def _pca_mistakes(positions: torch.Tensor, n: int
         (s_axis[:n] ** 2 / (s_axis ** 2).sum(), axis),
         (s[:n] ** 2 / (x.shape[0] - 1), "These are the variances themselves; divide by their "
                                          "total to get the share of each component."),
-        ((s ** 2 / (s ** 2).sum())[-n:], "These are the last components: the largest variance "
-                                          "comes first (eigh returns eigenvalues in increasing "
-                                          "order; svd in decreasing order)."),
-        ((s ** 2 / (s ** 2).sum())[-n:].flip(0), "These are the smallest components: the "
-                                                  "largest variance comes first."),
+        ((s ** 2 / (s ** 2).sum())[-n:], "These are the last components: the largest variance comes first (eigh returns "
+                                          "eigenvalues in increasing order; svd in decreasing order)."),
+        ((s ** 2 / (s ** 2).sum())[-n:].flip(0), "These are the smallest components: the largest variance comes first."),
     ]
     coord_mistakes = [
         (x @ vh_raw[:n].T, no_centre),
@@ -303,8 +292,7 @@ def _pca_mistakes(positions: torch.Tensor, n: int
         (u[:, :n], "These are U's columns, scaled to length 1. The coordinates are "
                    "U·S, or equivalently (x - mean) @ Vh[:n].T."),
         (centred @ vh[-n:].T, "These are the last components: the largest variance comes first."),
-        (centred @ vh[-n:].flip(0).T, "These are the smallest components: the largest variance "
-                                      "comes first."),
+        (centred @ vh[-n:].flip(0).T, "These are the smallest components: the largest variance comes first."),
     ]
     return ([(m.to(dtype), h) for m, h in ratio_mistakes if m.shape == (n,)],
             [(m.to(dtype), h) for m, h in coord_mistakes if m.shape == (x.shape[0], n)])
@@ -335,8 +323,7 @@ def check_position_pca(position_pca: Callable[..., Any], model: nn.Module) -> No
         what = f"The coords tensor for {where}, n_components={n}"
         if isinstance(ratios, torch.Tensor) and isinstance(coords, torch.Tensor) \
                 and ratios.dim() == 2 and coords.dim() == 1:
-            fail(f"{label}: the pair is the wrong way round: coords first, then ratios.",
-                 "return coords, ratios")
+            fail(f"{label}: the pair is the wrong way round: coords first, then ratios.", "return coords, ratios")
         check_tensor(ratios, exp_ratios, f"the ratios tensor for {where}, n_components={n}",
                      rtol=1e-3, atol=1e-5, known_mistakes=lambda: _pca_mistakes(matrix, n)[0],
                      hint="ratio_i = s_i² / Σ s² for the singular values s of the centred matrix.")
@@ -359,8 +346,7 @@ def check_position_pca(position_pca: Callable[..., Any], model: nn.Module) -> No
                  "one value per feature.", f"Project the centred positions onto them: "
                                            f"(x - mean) @ Vh[:{n}].T has one row per position.")
         check_tensor(coords, exp_coords, f"the coords tensor for {where}, n_components={n} (signs "
-                     "aligned)", rtol=1e-3, atol=atol,
-                     hint="coords = (x - x.mean(dim=0)) @ Vh[:n].T, with Vh from "
+                     "aligned)", rtol=1e-3, atol=atol, hint="coords = (x - x.mean(dim=0)) @ Vh[:n].T, with Vh from "
                           "torch.linalg.svd(x - x.mean(dim=0), full_matrices=False).")
     n_pos = wpe.shape[0]
     first = reference_position_pca(wpe, 3)[1]
@@ -399,13 +385,11 @@ def _effective_rank_settings(matrix: torch.Tensor) -> list[tuple[dict[str, Any],
         (dict(power=2), "You used the squared singular values. This exercise's effective rank uses "
                         "the singular values themselves: p = s / s.sum()."),
         (dict(exp=entropy), "That is the entropy H; the effective rank is exp(H)."),
-        (dict(exp=entropy, log=torch.log2), "That is the entropy in bits; the effective rank is "
-                                            "exp(H) with H in nats (natural log), or 2**H with H "
-                                            "in bits."),
+        (dict(exp=entropy, log=torch.log2), "That is the entropy in bits; the effective rank is exp(H) with H in nats "
+                                            "(natural log), or 2**H with H in bits."),
         (dict(log=torch.log2), "You mixed bases: exp() of an entropy measured in bits (log2). Use "
                                "torch.log with torch.exp, or log2 with 2**H."),
-        (dict(by_max=True), "Normalise by the sum of the singular values (so the p_i add up to 1), "
-                            "not by the largest."),
+        (dict(by_max=True), "Normalise by the sum of the singular values (so the p_i add up to 1), not by the largest."),
         (dict(size=min(matrix.shape)), "That is the effective rank divided by the matrix size; "
                                        "return the effective rank itself."),
         (dict(count=True), "That is the ordinary rank (how many singular values are not 0). The "
@@ -434,12 +418,10 @@ def check_effective_rank(effective_rank: Callable[[torch.Tensor], Any], model: n
               ("a 12 x 12 matrix of rank 3 (9 singular values are 0)", low_rank)]
     values: dict[str, float] = {}
     for label, matrix in cases:
-        got = call_learner(effective_rank, matrix, name=f"effective_rank({label})",
-                           protect={"matrix": matrix})
+        got = call_learner(effective_rank, matrix, name=f"effective_rank({label})", protect={"matrix": matrix})
         if isinstance(got, torch.Tensor) and got.numel() > 1:
             fail(f"effective_rank({label}) returned a tensor of shape {tuple(got.shape)}, "
-                 "expected one number.",
-                 "Sum p * log(p) over all singular values before taking exp.")
+                 "expected one number.", "Sum p * log(p) over all singular values before taking exp.")
         expected = reference_effective_rank(matrix)
         if isinstance(got, torch.Tensor) and got.numel() == 1 and got.is_floating_point():
             got = got.item()
@@ -476,8 +458,7 @@ def reference_qk_singular_values(model: nn.Module, layer: int, head: int, *, key
     d_head = d // n_head
     w = model.transformer.h[layer].attn.c_attn.weight.detach()
     cols = slice(head, d, n_head) if interleaved else slice(head * d_head, (head + 1) * d_head)
-    w_q, w_k = ((w.T[b * d:(b + 1) * d] if rows else w[:, b * d:(b + 1) * d])[:, cols]
-                for b in (0, key))
+    w_q, w_k = ((w.T[b * d:(b + 1) * d] if rows else w[:, b * d:(b + 1) * d])[:, cols] for b in (0, key))
     values = torch.linalg.svdvals(w_q.T @ w_k if transposed else w_q @ w_k.T)[:d_head] * scale
     return values.flip(0) if flip else values
 
@@ -486,17 +467,12 @@ def _qk_settings(model: nn.Module) -> list[tuple[dict[str, Any], str]]:
     """The usual mistakes: (reference_qk_singular_values's settings, hint)."""
     d_head = model.config.n_embd // model.config.n_head
     return [
-        (dict(transposed=True), "You multiplied W_Qᵀ W_K (d_head x d_head). W_QK = W_Q W_Kᵀ is "
-                                "d_model x d_model (the sum runs over the head's d_head features): "
-                                "its singular values differ."),
-        (dict(scale=1 / math.sqrt(d_head)), "Leave out the 1/√d_head scale: the exercise asks for "
-                                            "W_QK itself."),
-        (dict(flip=True), "Largest first: torch.linalg.svdvals already returns them in decreasing "
-                          "order."),
-        (dict(key=2), "That is W_Q W_Vᵀ: c_attn's output is [q | k | v], so the keys are columns "
-                      "d_model to 2·d_model."),
-        (dict(key=0), "Both factors are W_Q: the keys are columns d_model to 2·d_model of "
-                      "c_attn.weight."),
+        (dict(transposed=True), "You multiplied W_Qᵀ W_K (d_head x d_head). W_QK = W_Q W_Kᵀ is d_model x d_model (the "
+                                "sum runs over the head's d_head features): its singular values differ."),
+        (dict(scale=1 / math.sqrt(d_head)), "Leave out the 1/√d_head scale: the exercise asks for W_QK itself."),
+        (dict(flip=True), "Largest first: torch.linalg.svdvals already returns them in decreasing order."),
+        (dict(key=2), "That is W_Q W_Vᵀ: c_attn's output is [q | k | v], so the keys are columns d_model to 2·d_model."),
+        (dict(key=0), "Both factors are W_Q: the keys are columns d_model to 2·d_model of c_attn.weight."),
         (dict(interleaved=True), "A head's columns are contiguous: head h has columns h·d_head to "
                                  "(h+1)·d_head of W_Q (and of W_K), not every n_head-th column."),
         (dict(rows=True), "You sliced rows of c_attn.weight. Conv1D stores its weight as (in, out) "
@@ -536,8 +512,7 @@ def check_qk_singular_values(qk_singular_values: Callable[..., Any], model: nn.M
     n_layer, n_head = model.config.n_layer, model.config.n_head
     d_head = model.config.n_embd // n_head
     cases = sorted({(0, 0), (n_layer // 2, n_head // 2), (n_layer - 1, n_head - 1)})
-    results = [_check_qk_head(qk_singular_values, model, layer, head, "model")
-               for layer, head in cases]
+    results = [_check_qk_head(qk_singular_values, model, layer, head, "model") for layer, head in cases]
     other = second_gpt2(model)
     _check_qk_head(qk_singular_values, other, other.config.n_layer - 1, other.config.n_head - 1,
                    f"a second model with {other.config.n_head} heads of "
