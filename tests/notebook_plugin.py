@@ -177,21 +177,24 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 _FORKSERVER: dict[str, Any] = {}  # "process", "folder" once started
 
 
-def _start_kernel_forkserver() -> None:
-    """Start the fork server and point both kernel specs the suite uses at it: nbval's
-    (``--nbval-current-env``, from ``ipykernel.kernelspec.get_kernel_dict``) and "python3"
-    (nbgrader, nbclient; found first on ``JUPYTER_PATH``)."""
+def _use_kernel_forkserver() -> None:
+    """Point both kernel specs the suite uses at the fork server: nbval's (``--nbval-current-env``,
+    from ``ipykernel.kernelspec.get_kernel_dict``) and "python3" (nbgrader, nbclient; found first on
+    ``JUPYTER_PATH``). Start the server, unless this pytest was started by a test of a run that has
+    one (tests/test_exercises.py): its environment names that server and its kernel spec."""
     import ipykernel.kernelspec
 
     from tests import kernel_forkserver
 
-    folder = Path(tempfile.mkdtemp(prefix="glassbox-kernels-"))
     own_spec = ipykernel.kernelspec.get_kernel_dict
-    spec = {**own_spec(), "argv": kernel_forkserver.KERNEL_ARGV}
-    (folder / "kernels" / "python3").mkdir(parents=True)
-    (folder / "kernels" / "python3" / "kernel.json").write_text(json.dumps(spec, indent=1))
     ipykernel.kernelspec.get_kernel_dict = lambda *args, **kwargs: {**own_spec(*args, **kwargs),
                                                                     "argv": kernel_forkserver.KERNEL_ARGV}
+    if Path(os.environ.get(kernel_forkserver.FORKSERVER_VARIABLE, "/nonexistent")).exists():
+        return
+    folder = Path(tempfile.mkdtemp(prefix="glassbox-kernels-"))
+    (folder / "kernels" / "python3").mkdir(parents=True)
+    (folder / "kernels" / "python3" / "kernel.json").write_text(json.dumps(ipykernel.kernelspec.get_kernel_dict(),
+                                                                           indent=1))
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("JUPYTER_PATH")]))
     socket_path = str(folder / "forkserver.sock")
     os.environ[kernel_forkserver.FORKSERVER_VARIABLE] = socket_path
@@ -213,7 +216,7 @@ def _kernel_starts() -> dict[str, int]:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.get_closest_marker("notebook") for item in session.items):
-        _start_kernel_forkserver()
+        _use_kernel_forkserver()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
