@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -337,6 +338,29 @@ def test_without_a_key_a_long_path_fills_the_log_by_a_bounded_line(provider) -> 
     assert entry["path"].startswith("/v1/xxx") and len(entry["path"]) < 400 and "not logged" in entry["path"]
     assert entry["truncated"] == ["path"]
     assert provider.log_path.stat().st_size - before < 20 * 1024  # 1.2 MB of paths sent
+
+
+def test_a_long_head_that_arrives_in_pieces_is_answered_like_one_that_arrives_whole(provider) -> None:
+    # TCP may split a long head; h11 refused a head over 16 KiB only when it came in pieces (a plain
+    # 400, the connection closed, no log line), so the same long URL got 401 or 400 by chance.
+    from glassbox.provider.settings import MAX_HEAD_BYTES
+
+    def send_in_pieces(path_length: int) -> bytes:
+        head = b"GET /v1/" + b"x" * path_length + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", provider.port), timeout=30) as connection:
+            connection.sendall(head[:-100])
+            time.sleep(0.3)  # the server reads the first piece, all but the head's last 100 bytes, on its own
+            connection.sendall(head[-100:])
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        return answer
+
+    answer = send_in_pieces(60_000)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    request_id = re.search(rb"x-request-id: (\S+)", answer).group(1).decode()
+    assert "not logged" in log_entry(provider, request_id)["path"]
+    assert send_in_pieces(MAX_HEAD_BYTES + 1_000).startswith(b"HTTP/1.1 400")  # the stated bound holds
 
 
 def test_long_prompts_are_cut_in_the_log_and_the_line_says_so(provider) -> None:

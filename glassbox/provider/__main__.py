@@ -19,19 +19,20 @@ import tempfile
 from pathlib import Path
 
 from glassbox.provider.settings import (
+    ApiKey,
     DEFAULT_HOST,
-    DEFAULT_MAX_REQUEST_TOKENS,
-    HEADER_TIMEOUT_SECONDS,
     DEFAULT_LOGIT_BIAS_MODE,
     DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_REQUEST_TOKENS,
     DEFAULT_PORT,
     DEFAULT_SERVED_NAME,
     DEFAULT_THREADS,
+    HEADER_TIMEOUT_SECONDS,
+    KeyFileError,
     LIMITS_TEXT,
     LOCAL_HOSTS,
     LOGIT_BIAS_MODES,
-    ApiKey,
-    KeyFileError,
+    MAX_HEAD_BYTES,
     check_key,
     check_keys,
     new_key,
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
               "list (ps); --keys-file and --admin-key-file are not", flush=True)
     config = uvicorn.Config(app, host=args.host, port=port, log_level="warning", access_log=False, lifespan="on",
                             http=head_timeout_protocol(HEADER_TIMEOUT_SECONDS), ws="none", timeout_graceful_shutdown=3,
-                            backlog=2048, timeout_keep_alive=5)
+                            backlog=2048, timeout_keep_alive=5, h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

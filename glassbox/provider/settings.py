@@ -45,6 +45,9 @@ MAX_PENDING_SEQUENCES = 50_000  #: sequences waiting for the model; more gets 50
 #: What one request may make the model compute: prompts x n x (prompt tokens + max_tokens), echo included.
 DEFAULT_MAX_REQUEST_TOKENS = 32_768
 HEADER_TIMEOUT_SECONDS = 10.0  #: a connection that has not sent a whole request head by then is closed
+#: A request head (request line and headers) up to this size is read whole wherever TCP splits it (h11's own
+#: 16 KiB limit applied only to a head that arrived in pieces: the same long URL got 401 or 400 by chance).
+MAX_HEAD_BYTES = 256 * 1024
 BODY_TIMEOUT_SECONDS = 30.0  #: a request body not received whole by then gets 408
 
 # --- the generation engine ---
@@ -75,6 +78,8 @@ limits (each gets an OpenAI-shaped 4xx):
   fairness            the keys take turns: each key's waiting sequences are started in turn, each key runs
                       at most its share of the batch (--max-batch / keys with work) while others work, and a
                       key below its share starts at the next step (keys above it are paused, then resumed)
+  request head        at most {MAX_HEAD_BYTES:,} bytes (longer: a plain 400 and the connection closed, before
+                      any key is read, so not in the request log)
   timeouts            request head within {HEADER_TIMEOUT_SECONDS:g} s (else the connection is closed), body within {BODY_TIMEOUT_SECONDS:g} s (408)
 """
 
