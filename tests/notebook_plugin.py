@@ -74,6 +74,7 @@ SLOW_TESTS = SERVER_MODULES + (
     "tests/checks/test_black_box_api.py::test_backoff_",  # the back-off check starts a provider
     "tests/test_tinygpt_chat.py::test_the_same_seed_gives_bit_identical_weights",
     "tests/test_tinygpt_chat.py::test_the_shipped_run_began_like_a_fresh_run",
+    "tests/test_tinygpt_chat.py::test_make_tinygpt_chat_measures_a_plain_copy_of_the_shipped_weights",
     "tests/test_tinygpt_chat.py::test_lora_",
     "tests/test_book.py::",
     "tests/test_colab.py::test_set_up_cell_in_a_stand_in_colab",

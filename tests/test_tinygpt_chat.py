@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from transformers import GPT2LMHeadModel
 
 from glassbox.loader import TINYGPT_CHAT_WEIGHTS_DIR, load_model
 from glassbox.paths import TINYGPT_DIR
@@ -209,12 +210,13 @@ def short_runs():
     def run(seed):
         model, log = chat_train.train_chat(recipe={**chat_train.CHAT_RECIPE, "seed": seed, "threads": 1},
                                            sft_steps=SHORT_SFT_STEPS, dpo_steps=SHORT_DPO_STEPS)
-        return model.state_dict(), log
+        return model, log
     return run(0), run(0), run(1)
 
 
 def test_the_same_seed_gives_bit_identical_weights_and_another_seed_does_not(short_runs):
-    (first, first_log), (second, second_log), (other, _) = short_runs
+    (first, first_log), (second, second_log), (other, _) = (
+        (model.state_dict(), log) for model, log in short_runs)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first), [k for k in first if not torch.equal(first[k], second[k])]
     assert first_log["sft_losses"] == second_log["sft_losses"] and first_log["dpo_losses"] == second_log["dpo_losses"]
@@ -230,6 +232,17 @@ def test_the_shipped_run_began_like_a_fresh_run(short_runs, chat_log):
     assert chat_log["recipe"] == chat_train.CHAT_RECIPE
     assert len(chat_log["sft_losses"]) == chat_log["recipe"]["sft_steps"]
     assert fresh_log["sft_losses"] == pytest.approx(chat_log["sft_losses"][:SHORT_SFT_STEPS], abs=2e-4)
+
+
+def test_make_tinygpt_chat_measures_a_plain_copy_of_the_shipped_weights(short_runs):
+    # The trained object keeps TRL's gradient checkpointing and hooks; a LoRA fine-tune of it got no
+    # gradient into the checkpointed blocks. The measurements and the LoRA curve use a plain copy.
+    trained, _ = short_runs[0]
+    shipped = chat_train.shipped_copy(trained)
+    assert trained.is_gradient_checkpointing and not shipped.is_gradient_checkpointing
+    assert type(shipped) is GPT2LMHeadModel and not shipped.training
+    state = trained.state_dict()
+    assert all(torch.equal(value, state[name].half().float()) for name, value in shipped.state_dict().items())
 
 
 # --- Undoing the refusal ---------------------------------------------------------------------
