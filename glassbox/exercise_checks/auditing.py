@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from glassbox.exercise_checks.feedback import (as_number, call_learner, check_number, expect_raises, fail,
-                                               mistakes_from, passed, second_gpt2, unpack)
+                                               mistakes_from, passed, second_gpt2, unpack,
+                                               unpack_numbers)
 from glassbox.measure import next_token_probs, pronoun_ids, pronoun_ratio
 from glassbox.tinygpt import corpus
 
@@ -45,12 +46,6 @@ def _wald_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def _close(a: float, b: float, tol: float = 1e-6) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
-
-
-def _numbers(got: Any, parts: Sequence[str], name: str, unpack_hint: str | None = None,
-             **number: Any) -> tuple[float, ...]:
-    """The learner's tuple of named numbers: feedback.unpack, then feedback.as_number on each part."""
-    return tuple(as_number(v, f"{part} of {name}", **number) for part, v in zip(parts, unpack(got, parts, name, unpack_hint)))
 
 
 def _check_interval(low: float, high: float, ref: tuple[float, float], where: str,
@@ -102,7 +97,7 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
         expected = k / n
         low_ref, high_ref = wilson_interval(k, n, z)
         got = call_learner(sampling_estimate, case_samples, case_pronoun, z=z, name="sampling_estimate", hints=hints)
-        estimate, low, high = _numbers(got, ("estimate", "low", "high"), f"sampling_estimate for {label}")
+        estimate, low, high = unpack_numbers(got, ("estimate", "low", "high"), f"sampling_estimate for {label}")
         where = f"for {label} ({k} of {n} pronoun samples are '{case_pronoun}')"
         check_number(estimate, expected, f"The estimate {where}", rel_tol=1e-6, abs_tol=1e-6, known_mistakes=[
                          (k / len(case_samples), "You divided by every sample. Divide by the samples "
@@ -238,7 +233,7 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
         k_ref, n_ref = reference_corpus_count(case_text, occ, pron)
         got = call_learner(corpus_count, case_text, occ, pron, name="corpus_count")
         call = f"corpus_count(<{label}>, {occ!r}, {pron!r})"
-        k, n = map(int, _numbers(got, ("k", "n"), call, "Return both counts, `return k, n`: the share is k / n, and "
+        k, n = map(int, unpack_numbers(got, ("k", "n"), call, "Return both counts, `return k, n`: the share is k / n, and "
                                                         "n tells how much evidence there is.", integer=True,
                                  hint="Return the two counts; the share k / n is computed afterwards."))
         if (k, n) == (k_ref, n_ref):
@@ -397,7 +392,7 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
     exact_cases = 0
     for label, top in _share_cases(pronoun, api_tops):
         expected = reference_logprob_share(top, pronoun)
-        got = _numbers(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"), ("low", "high"),
+        got = unpack_numbers(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"), ("low", "high"),
                        f"logprob_share for {label}", "Return both bounds, even when they are equal: `return share, share`.")
         if all(_close(g, e) for g, e in zip(got, expected)):
             exact_cases += expected[0] == expected[1]

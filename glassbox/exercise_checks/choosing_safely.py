@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
-import csv
 import hashlib
 import io
 import pickle
@@ -19,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from glassbox.exercise_checks.feedback import call_learner, check_number, check_type, fail, mistakes_from, passed
-from glassbox.paths import DATA_DIR
+from glassbox.exercise_checks.feedback import (call_learner, check_number, check_type, data_rows, fail, mistakes_from,
+                                               passed)
 
 __all__ = ["HOURS_PER_MONTH", "check_break_even_tokens_per_month", "check_find_globals", "check_sha256_of_file",
            "check_usd_per_million_tokens", "reference_globals", "reference_pairs"]
@@ -29,21 +28,16 @@ HOURS_PER_MONTH = 730
 """Hours in an average month: 8,760 hours a year / 12."""
 
 
-def _rows(name: str) -> list[dict[str, str]]:
-    with (DATA_DIR / name).open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 # --------------------------------------------------------------------------- exercise 1
 
 def _cost_cases() -> list[tuple[str, float, float]]:
     """(label, tokens per second, dollars per hour): each published GPU speed at that GPU's dated hourly price,
     plus two made-up machines."""
-    prices = {row["gpu"]: row for row in _rows("gpu_prices.csv")}
+    prices = {row["gpu"]: row for row in data_rows("gpu_prices.csv")}
     cases = [(f"{row['gpu']} at ${float(price['usd_per_hour']):.2f}/h (as of {price['as_of']}), "
               f"{row['tokens_per_s']} tokens/s with {row['concurrency']} request(s) in flight (as of {row['as_of']})",
               float(row["tokens_per_s"]), float(price["usd_per_hour"]))
-             for row in _rows("gpu_batched_throughput_llama31_8b.csv") if (price := prices.get(row["gpu"]))]
+             for row in data_rows("gpu_batched_throughput_llama31_8b.csv") if (price := prices.get(row["gpu"]))]
     return cases + [("a made-up GPU: 1,000 tokens/s at $3.60/h", 1000.0, 3.6),
                     ("a laptop CPU: 12.5 tokens/s at $0.05/h", 12.5, 0.05)]
 
@@ -93,7 +87,7 @@ def check_usd_per_million_tokens(usd_per_million_tokens: Callable[[float, float]
 
 def _api_prices(model_prefix: str) -> tuple[str, float, float, str]:
     """(model, $ per million input, $ per million output, as of) from data/api_prices.csv."""
-    row = next(r for r in _rows("api_prices.csv") if r["model"].startswith(model_prefix))
+    row = next(r for r in data_rows("api_prices.csv") if r["model"].startswith(model_prefix))
     return row["model"], float(row["usd_per_1m_input"]), float(row["usd_per_1m_output"]), row["as_of"]
 
 
@@ -143,7 +137,7 @@ def check_break_even_tokens_per_month(break_even_tokens_per_month: Callable[...,
     apis = [_api_prices(p) for p in ("gpt-4o-mini", "gpt-4o (", "gpt-5")]
     cases = [(f"{gpu['gpu']} (${gpu['usd_per_hour']}/h, {gpu['as_of']}) against {model} "
               f"(${p_in}/M input, ${p_out}/M output, {as_of})", float(gpu["usd_per_hour"]), p_in, p_out, {})
-             for gpu in _rows("gpu_prices.csv")[:3] for model, p_in, p_out, as_of in apis[:2]]
+             for gpu in data_rows("gpu_prices.csv")[:3] for model, p_in, p_out, as_of in apis[:2]]
     model, p_in, p_out, _ = apis[2]
     cases += [(f"a GPU at $2.00/h against {model} with 10 input tokens per output token", 2.0, p_in, p_out,
                {"input_per_output": 10.0}),

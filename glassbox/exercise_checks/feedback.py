@@ -24,7 +24,7 @@ from torch import nn
 
 __all__ = ["ExerciseFailed", "Mistakes", "ModelState", "Refused", "as_number", "call_learner",
            "check_number", "check_tensor", "check_type", "close", "data_rows", "expect_raises", "fail",
-           "mistakes_from", "passed", "refusing", "second_gpt2", "unpack"]
+           "mistakes_from", "passed", "refusing", "second_gpt2", "unpack", "unpack_numbers"]
 
 #: (wrong answer, hint) pairs, or a function that computes them when they are needed.
 Mistakes = Iterable[tuple[Any, str]] | Callable[[], Iterable[tuple[Any, str]]]
@@ -310,6 +310,12 @@ _FACTORS = [pair for factor, label, why in (
         why if ":" not in why else ": MiB (2^20 bytes) versus MB (10^6 bytes)")))]
 _FACTORS.append((-1.0, "the sign"))
 
+
+
+def unpack_numbers(got: Any, parts: Sequence[str], name: str, unpack_hint: str | None = None,
+                   **number: Any) -> tuple[float, ...]:
+    """The learner's tuple of named numbers: :func:`unpack`, then :func:`as_number` on each part."""
+    return tuple(as_number(v, f"{part} of {name}", **number) for part, v in zip(parts, unpack(got, parts, name, unpack_hint)))
 
 def _fmt(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e18:

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from glassbox.exercise_checks.auditing import _check_interval, _close, _numbers, wilson_interval
+from glassbox.exercise_checks.auditing import _check_interval, _close, wilson_interval
 from glassbox.exercise_checks.auditing import _wald_interval as _wald
 from glassbox.exercise_checks.feedback import as_number as _number
 from glassbox.exercise_checks.feedback import (call_learner, check_number, check_type, fail, mistakes_from, passed,
-                                               second_gpt2)
+                                               second_gpt2, unpack_numbers)
 
 __all__ = ["MAX_FALSE_POSITIVE_RATE", "MIN_BLOCK_RATE", "check_layer_changes", "check_moderation_rule",
            "check_next_token_kl", "check_refusal_rate", "check_steps_to_break", "reference_layer_changes",
@@ -91,7 +91,7 @@ def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str])
         expected = _refusal_rate(case, z)
         got = call_learner(refusal_rate, case, z=z, name="refusal_rate",
                            hints={TypeError: "The check calls refusal_rate(replies, z=...): keep the z argument."})
-        rate, low, high = _numbers(got, ("rate", "low", "high"), f"refusal_rate for {label}")
+        rate, low, high = unpack_numbers(got, ("rate", "low", "high"), f"refusal_rate for {label}")
         k = sum(data.is_refusal(r) for r in case)
         where = f"for {label} ({k} of {len(case)} replies are refusals)"
         check_number(rate, expected[0], f"The refusal rate {where}", rel_tol=1e-6, abs_tol=1e-6,
