@@ -242,6 +242,9 @@ def _explain_hash(got: str, data: bytes, path: Path) -> None:
             fail(f"For {path.name} you hashed only the last chunk.",
                  "Create the hash once before the loop and call update() on it for every "
                  "chunk; do not create a new hash inside the loop.")
+    if text == hashlib.sha256(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")).hexdigest():
+        fail(f"For {path.name} you hashed the file read in text mode: its line endings (\\r\\n, \\r) became \\n.",
+             "Open it with open(path, 'rb'): a weights file is bytes, and text mode changes them.")
     fail(f"sha256_of_file({path.name}) ({size:,} bytes) returned {got[:20]!r}..., expected "
          f"{hashlib.sha256(data).hexdigest()[:20]!r}...",
          "h = hashlib.sha256(); with open(path, 'rb') as f: read chunks and h.update(chunk); return h.hexdigest().")
