@@ -10,6 +10,7 @@ recipe, so data/balanced_pronouns.txt provably comes from where data/README.md s
 from __future__ import annotations
 
 import copy
+import functools
 import random
 
 import pytest
@@ -48,10 +49,10 @@ def small_vocab_model() -> GPT2LMHeadModel:
 
 # ----------------------------------------------------------------- right answers
 
-def loss_ok(model, input_ids):
+def loss_ok(model, input_ids, vocab=None):
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits
-    vocab = logits.shape[-1]
+    vocab = vocab or logits.shape[-1]
     return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1)).item()
 
 
@@ -92,18 +93,18 @@ def ablate_with_hooks(model, input_ids, remove=True):
     return deltas
 
 
-def suppress_ok(model, token_ids):
+def suppress_ok(model, token_ids, vocab=None):
     edited = copy.deepcopy(model)
-    bias = torch.zeros(edited.config.vocab_size)
+    bias = torch.zeros(vocab or edited.config.vocab_size)
     bias[token_ids] = float("-inf")
     edited.lm_head.bias = nn.Parameter(bias, requires_grad=False)
     return edited
 
 
-def step_ok(model, optimizer, input_ids):
+def step_ok(model, optimizer, input_ids, vocab=None):
     optimizer.zero_grad()
     logits = model(input_ids=input_ids).logits
-    vocab = logits.shape[-1]
+    vocab = vocab or logits.shape[-1]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
     loss.backward()
     optimizer.step()
@@ -804,30 +805,11 @@ def test_second_configuration_differs_from_the_loaded_ones(tinygpt) -> None:
     assert other.config.vocab_size != model.config.vocab_size
 
 
-# GPT-2's vocabulary written in: every course model has 50,257 tokens, so only the second
-# model's other vocabulary (changing.SECOND_VOCAB) catches it.
-
-def loss_with_gpt2s_vocabulary(m, ids):
-    with torch.no_grad():
-        logits = m(input_ids=ids).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, 50257), ids[:, 1:].reshape(-1)).item()
-
-
-def suppress_with_gpt2s_vocabulary(m, token_ids):
-    edited = copy.deepcopy(m)
-    bias = torch.zeros(50257)
-    bias[token_ids] = float("-inf")
-    edited.lm_head.bias = nn.Parameter(bias, requires_grad=False)
-    return edited
-
-
-def step_with_gpt2s_vocabulary(m, optimizer, ids):
-    optimizer.zero_grad()
-    logits = m(input_ids=ids).logits
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, 50257), ids[:, 1:].reshape(-1))
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+# GPT-2's vocabulary written in: each is the right answer with vocab=50257. Every course model has
+# 50,257 tokens, so only the second model's other vocabulary (changing.SECOND_VOCAB) catches it.
+loss_with_gpt2s_vocabulary = functools.partial(loss_ok, vocab=50257)
+suppress_with_gpt2s_vocabulary = functools.partial(suppress_ok, vocab=50257)
+step_with_gpt2s_vocabulary = functools.partial(step_ok, vocab=50257)
 
 
 @pytest.mark.parametrize("check, wrong, hint", [
