@@ -33,7 +33,6 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 
 FORKSERVER_VARIABLE = "GLASSBOX_TEST_KERNEL_FORKSERVER"
@@ -55,6 +54,12 @@ def _note(how: str) -> None:
             log.write(how + "\n")
 
 
+def _start_the_usual_way(argv: list[str], why: str) -> None:
+    """Become ``python -m ipykernel_launcher`` (exec: the same process id, nothing kept)."""
+    _note(f"started: {why}")
+    os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
+
+
 def _read_at_import(env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if name.startswith(READ_AT_IMPORT)}
 
@@ -73,20 +78,10 @@ def _kernel(request: dict, streams: list[int], close: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     if _read_at_import(request["env"]) != _read_at_import(server_env):
-        _note("started: a setting read at import differs")
-        os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *request["argv"]])
+        _start_the_usual_way(request["argv"], "a setting read at import differs")
     _note("forked")
     del sys.path[0]  # the server's own folder; ipykernel_launcher removes `python -m`'s '' the same way
     sys.argv = [importlib.util.find_spec("ipykernel_launcher").origin, *request["argv"]]
-    launcher = os.pidfd_open(request["launcher"])
-
-    def end_with_launcher() -> None:  # the launcher was killed: so is its kernel
-        sel = selectors.DefaultSelector()
-        sel.register(launcher, selectors.EVENT_READ)
-        sel.select()
-        os._exit(1)
-
-    threading.Thread(target=end_with_launcher, daemon=True).start()
     from ipykernel import kernelapp
 
     # parent_handle's default was read from JPY_PARENT_PID when the server imported ipykernel. Given
@@ -163,8 +158,7 @@ def launch(argv: list[str]) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server.connect(path)
     except OSError:
-        _note("started: no fork server (yet)")
-        os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv])
+        _start_the_usual_way(argv, "no fork server (yet)")
     request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
                "launcher": os.getpid()}
     socket.send_fds(server, [json.dumps(request).encode()], [0, 1, 2])
