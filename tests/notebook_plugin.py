@@ -53,6 +53,7 @@ import pytest
 from nbval.plugin import IPyNbCell, IPyNbFile
 
 from glassbox.check import NOT_ATTEMPTED, RAISES_TAG, CellResult, find_exercises, record_cell, summarise
+from tests import kernel_forkserver
 
 # Test modules whose tests are spread over the workers one by one (each starts its own
 # processes, and a module would otherwise keep one worker busy for minutes).
@@ -185,8 +186,6 @@ def _use_kernel_forkserver() -> None:
     one (tests/test_exercises.py): its environment names that server and its kernel spec."""
     import ipykernel.kernelspec
 
-    from tests import kernel_forkserver
-
     own_spec = ipykernel.kernelspec.get_kernel_dict
     ipykernel.kernelspec.get_kernel_dict = lambda *args, **kwargs: {**own_spec(*args, **kwargs),
                                                                     "argv": kernel_forkserver.KERNEL_ARGV}
@@ -208,8 +207,6 @@ def _use_kernel_forkserver() -> None:
 
 def _kernel_starts() -> dict[str, int]:
     """How the kernels of this run started (from every worker's launchers and servers)."""
-    from tests import kernel_forkserver
-
     path = Path(os.environ.get(kernel_forkserver.LOG_VARIABLE, ""))
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     return {how: lines.count(how) for how in sorted(set(lines))}
@@ -247,8 +244,6 @@ def _weight(item: pytest.Item, root: Path, slow_modules: set[str]) -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from tests import kernel_forkserver
-
     if not hasattr(config, "workerinput") and kernel_forkserver.LOG_VARIABLE not in os.environ:
         # set before xdist starts its workers, which inherit it
         handle, path = tempfile.mkstemp(prefix="glassbox-kernels-", suffix=".log")
