@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from glassbox.exercise_checks.feedback import (as_number, call_learner, check_number, expect_raises, fail,
-                                               mistakes_from, passed, second_gpt2, unpack,
-                                               unpack_numbers)
+                                               mistakes_from, passed, second_gpt2, unpack_numbers)
 from glassbox.measure import next_token_probs, pronoun_ids, pronoun_ratio
 from glassbox.tinygpt import corpus
 
@@ -233,9 +232,10 @@ def check_corpus_count(corpus_count: Callable[..., Any], text: str, occupation: 
         k_ref, n_ref = reference_corpus_count(case_text, occ, pron)
         got = call_learner(corpus_count, case_text, occ, pron, name="corpus_count")
         call = f"corpus_count(<{label}>, {occ!r}, {pron!r})"
-        k, n = map(int, unpack_numbers(got, ("k", "n"), call, "Return both counts, `return k, n`: the share is k / n, and "
-                                                        "n tells how much evidence there is.", integer=True,
-                                 hint="Return the two counts; the share k / n is computed afterwards."))
+        k, n = map(int, unpack_numbers(got, ("k", "n"), call,
+                                       "Return both counts, `return k, n`: the share is k / n, and "
+                                       "n tells how much evidence there is.", integer=True,
+                                       hint="Return the two counts; the share k / n is computed afterwards."))
         if (k, n) == (k_ref, n_ref):
             continue
         head = f"{call} returned (k, n) = ({k}, {n}); expected ({k_ref}, {n_ref})"
@@ -393,7 +393,8 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
     for label, top in _share_cases(pronoun, api_tops):
         expected = reference_logprob_share(top, pronoun)
         got = unpack_numbers(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"), ("low", "high"),
-                       f"logprob_share for {label}", "Return both bounds, even when they are equal: `return share, share`.")
+                             f"logprob_share for {label}",
+                             "Return both bounds, even when they are equal: `return share, share`.")
         if all(_close(g, e) for g, e in zip(got, expected)):
             exact_cases += expected[0] == expected[1]
             continue

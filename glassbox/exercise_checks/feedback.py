@@ -202,6 +202,13 @@ def unpack(got: Any, parts: Sequence[str], name: str, hint: str | None = None) -
     return tuple(got)
 
 
+def unpack_numbers(got: Any, parts: Sequence[str], name: str, unpack_hint: str | None = None,
+                   **number: Any) -> tuple[float, ...]:
+    """The learner's tuple of named numbers: :func:`unpack`, then :func:`as_number` on each part."""
+    values = unpack(got, parts, name, unpack_hint)
+    return tuple(as_number(value, f"{part} of {name}", **number) for part, value in zip(parts, values))
+
+
 def check_type(got: Any, expected_type: type | tuple[type, ...], name: str, hint: str | None = None) -> None:
     """Fail unless ``got`` is an instance of ``expected_type`` (with a None-specific hint)."""
     if isinstance(got, expected_type):
@@ -310,12 +317,6 @@ _FACTORS = [pair for factor, label, why in (
         why if ":" not in why else ": MiB (2^20 bytes) versus MB (10^6 bytes)")))]
 _FACTORS.append((-1.0, "the sign"))
 
-
-
-def unpack_numbers(got: Any, parts: Sequence[str], name: str, unpack_hint: str | None = None,
-                   **number: Any) -> tuple[float, ...]:
-    """The learner's tuple of named numbers: :func:`unpack`, then :func:`as_number` on each part."""
-    return tuple(as_number(v, f"{part} of {name}", **number) for part, v in zip(parts, unpack(got, parts, name, unpack_hint)))
 
 def _fmt(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e18:
