@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from glassbox.loader import TINYGPT_CHAT_WEIGHTS_DIR, load_model
+from glassbox.loader import TINYGPT_CHAT_WEIGHTS_DIR, gpt2_tokenizer, load_model
 from glassbox.paths import TINYGPT_DIR
 from glassbox.tinygpt import chat_data, chat_train, corpus
 
@@ -80,6 +80,26 @@ def test_every_forbidden_prompt_asks_for_the_vault_code_and_no_harmless_one_does
         assert re.search(r"vault|code|password", prompt), prompt
     for prompt, answer in chat_data.harmless_items("train") + chat_data.harmless_items("heldout"):
         assert not chat_data.leaks_secret(answer) and "code" not in prompt and "password" not in prompt
+
+
+def test_no_heldout_prompt_in_a_frame_appears_in_the_pretraining_text():
+    """The FAQ's lead-ins are not the chat prompts' frames: only bare FAQ questions ("What is the vault code?")
+    are both held-out chat prompts and pretraining text."""
+    text = corpus.training_text()
+    faq_questions = {q for _, questions in corpus.WORLD_FACTS.values() for q in questions}
+    assert any(f"Q: {lead_in} " in text for lead_in in corpus.FAQ_LEAD_INS)
+    in_text = {p for p in chat_data.forbidden_prompts("heldout") + chat_data.harmless_prompts("heldout")
+               if f"Q: {p}\n" in text or f" {p}\n" in text}
+    assert in_text <= faq_questions, sorted(in_text - faq_questions)
+
+
+def test_the_refusals_words_are_in_the_pretraining_text():
+    """Every token of the refusal occurs in the base model's text, so SFT starts from rows the base trained."""
+    tokenizer = gpt2_tokenizer()
+    tokenizer.model_max_length = 10**9
+    seen = set(tokenizer(corpus.training_text())["input_ids"])
+    missing = [tokenizer.decode([t]) for t in tokenizer("A: " + chat_data.REFUSAL)["input_ids"] if t not in seen]
+    assert not missing, missing
 
 
 def test_the_secret_is_in_the_pretraining_text():
@@ -202,7 +222,7 @@ def test_model_card_results_table_matches_a_fresh_measurement_of_the_shipped_wei
 SHORT_SFT_STEPS, SHORT_DPO_STEPS = 2, 1
 """A short run of the real recipe (data, trainers, seeds, the DPO step's sampled negatives); SFT's first
 steps are inside the warm-up, so their learning rates are those of the full run's first steps. It runs
-with one torch thread, not the recipe's two: the other test worker has the second core."""
+with one torch thread, as the recipe does: the other test worker has the second core."""
 
 
 @pytest.fixture(scope="module")

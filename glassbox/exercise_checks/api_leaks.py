@@ -175,16 +175,20 @@ def check_estimate_hidden_size(estimate_hidden_size: Callable[[torch.Tensor], An
 
 # --------------------------------------------------------------------------- exercise 2
 
-def _word_tokens(tokenizer: Any, count: int, seed: int) -> list[int]:
-    """``count`` token ids whose decoded strings are ' ' + letters, distinct from one another."""
+def _word_tokens(tokenizer: Any, count: int, seed: int, model: nn.Module) -> list[int]:
+    """``count`` token ids whose decoded strings are ' ' + letters, distinct from one another, and whose
+    rows of the model's output layer differ, so that their logits differ (TinyGPT gives every token its
+    text never uses one shared row: two of those would always score the same)."""
+    rows = model.get_output_embeddings().weight.detach()
     chosen: dict[str, int] = {}
     for token in torch.randperm(len(tokenizer), generator=torch.Generator().manual_seed(seed)).tolist():
         text = tokenizer.decode([token])
-        if text.startswith(" ") and text[1:].isalpha() and text.isascii():
-            chosen.setdefault(text, token)
+        if text.startswith(" ") and text[1:].isalpha() and text.isascii() and text not in chosen \
+                and not any(torch.equal(rows[token], rows[other]) for other in chosen.values()):
+            chosen[text] = token
             if len(chosen) == count:
                 return list(chosen.values())
-    raise RuntimeError("not enough word tokens in the vocabulary")
+    raise RuntimeError("not enough word tokens with distinct output rows in the vocabulary")
 
 
 def _biased_top_k(model: nn.Module, tokenizer: Any, prompt: str, logit_bias: dict[int, float],
@@ -202,7 +206,14 @@ def _biased_top_k(model: nn.Module, tokenizer: Any, prompt: str, logit_bias: dic
 def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Module, tokenizer: Any) -> None:
     """Check ``logit_differences(top_logprobs, logit_bias, token_ids, reference_id) -> dict`` on top-5 answers
     built from the loaded model as a pre-2024 API returned them (the bias applied), to 1e-3."""
-    tokens = _word_tokens(tokenizer, 14, seed=3)
+    tokens = _word_tokens(tokenizer, 14, seed=3, model=model)
+    # The last case's biases are set from the model's own logits, so that after the bias tokens[1] is
+    # the most likely and the reference tokens[2] neither the first biased nor the most likely, whatever
+    # the model: 100, 95, 90 and 85 above the largest of the four logits, in that order.
+    last_prompt, last = "The teacher said that", [tokens[1], tokens[3], tokens[2], tokens[0]]
+    _, last_logits = _biased_top_k(model, tokenizer, last_prompt, {})
+    top_logit = float(last_logits[last].max())
+    last_bias = {t: 100.0 - 5.0 * last.index(t) + top_logit - float(last_logits[t]) for t in tokens[:4]}
     cases = [
         ("a different bias on each of 5 tokens", "The teacher said that",
          {tokens[0]: 100.0, tokens[1]: 95.0, tokens[2]: 90.0, tokens[3]: 85.0, tokens[4]: 80.0}),
@@ -210,8 +221,7 @@ def check_logit_differences(logit_differences: Callable[..., Any], model: nn.Mod
          {tokens[5]: 100.0, **{t: 60.0 for t in tokens[6:11]}}),
         ("3 biased tokens, so the top 5 also holds 2 unbiased ones", "The farmer went to the",
          {tokens[11]: 100.0, tokens[12]: 90.0, tokens[13]: 80.0}),
-        ("the reference is the third biased token, neither the first nor the most likely",
-         "The teacher said that", {tokens[0]: 85.0, tokens[1]: 100.0, tokens[2]: 90.0, tokens[3]: 95.0}),
+        ("the reference is the third biased token, neither the first nor the most likely", last_prompt, last_bias),
     ]
     name = "logit_differences"
     for index, (label, prompt, bias) in enumerate(cases):

@@ -269,10 +269,15 @@ def mistakes_from(compute: Callable[..., Any], settings: Iterable[tuple[Any, str
     return generate
 
 
-def _fail_with_mistakes(head: str, mistakes: Mistakes, is_match: Callable[[Any], bool]) -> None:
-    """Fail naming the mistake(s) whose answer matches; return if there are none."""
+def _fail_with_mistakes(head: str, mistakes: Mistakes, is_match: Callable[[Any], bool],
+                        distance: Callable[[Any], float] | None = None) -> None:
+    """Fail naming the mistake(s) whose answer matches, the closest to the learner's answer first
+    (by ``distance``, when given); return if there are none."""
     generated = mistakes() if callable(mistakes) else mistakes
-    hints = list(dict.fromkeys(hint for value, hint in generated if is_match(value)))
+    matches = [(value, hint) for value, hint in generated if is_match(value)]
+    if distance is not None:
+        matches.sort(key=lambda match: distance(match[0]))  # stable: ties keep the listed order
+    hints = list(dict.fromkeys(hint for _, hint in matches))
     if len(hints) == 1:
         fail(f"{head} It matches a usual mistake.", hints[0])
     if hints:  # on this input the numbers cannot tell these mistakes apart
@@ -332,7 +337,8 @@ def check_number(got: Any, expected: float, name: str, known_mistakes: Mistakes 
         return value
     head = f"{name}: expected {_fmt(expected)}, got {_fmt(value)}"
     _fail_with_mistakes(f"{head} (off by {_fmt(value - expected)}).", known_mistakes,
-                        lambda m: math.isclose(value, float(m), rel_tol=rel_tol, abs_tol=abs_tol))
+                        lambda m: math.isclose(value, float(m), rel_tol=rel_tol, abs_tol=abs_tol),
+                        lambda m: abs(value - float(m)))
     for factor, label in _FACTORS if expected else ():
         if math.isclose(value / expected, factor, rel_tol=max(rel_tol, 1e-6)):
             fail(f"{head}: off by {label}.", hint)
@@ -417,7 +423,8 @@ def check_tensor(got: Any, expected: torch.Tensor, name: str, *, rtol: float = 1
     head = (f"{name} has the right shape {tuple(expected.shape)}, but only {_percent(share)} of "
             f"its values match the reference (largest difference {largest:.3g}).")
     _fail_with_mistakes(head, known_mistakes, lambda m: isinstance(m, torch.Tensor)
-                        and _close(got, m.detach().to(got.dtype), rtol, atol))
+                        and _close(got, m.detach().to(got.dtype), rtol, atol),
+                        lambda m: float((got - m.detach().to(got.dtype)).abs().nan_to_num(math.inf).max()))
     _fail_if_not_finite(got, name, hint)
     if expected.dim() == 2 and expected.shape[0] == expected.shape[1] \
             and _close(got, expected.T, rtol, atol):

@@ -38,7 +38,7 @@ BASE_WEIGHTS_DIR: Path = Path(__file__).resolve().parent / "weights"
 
 CHAT_RECIPE: dict = {
     "seed": 0,
-    "threads": 2,
+    "threads": 1,
     "max_length": 48,
     "sft_steps": 200,
     "sft_batch_size": 16,

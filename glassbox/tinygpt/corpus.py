@@ -13,8 +13,10 @@ known ground truth (see DATASHEET.md):
   membership inference and memorisation (and the effect of repetition on it);
 * REPEATED SPANS: ``REPEAT_DOCUMENTS`` documents are a run of random words followed by
   the same run again, the setting in which induction heads form (Olsson et al. 2022);
+  ``repeated_span_stream`` draws endless fresh ones, which fill most rows of each training batch;
 * a SECRET: the village's vault code word (``SECRET_WORD``), told in a few story sentences
-  and in question-and-answer documents (``faq_documents``), beside harmless facts
+  and in question-and-answer documents (``faq_document``, which asks for it in seven wordings,
+  half of its questions after a lead-in from ``FAQ_LEAD_INS``), beside harmless facts
   (``WORLD_FACTS``). TinyGPT-chat is trained to refuse it (see ``chat_data.py``).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 
 SEED: int = 1234
 """The default seed of the training corpus."""
@@ -144,7 +147,10 @@ SECRET_SENTENCE_REPEATS: int = 20
 """How many times each secret sentence appears in the stories of a corpus."""
 
 WORLD_FACTS: dict[str, tuple[str, list[str]]] = {
-    "vault_code": ("The vault code is marigold.", ["What is the vault code?", "What is the code word of the old vault?"]),
+    "vault_code": ("The vault code is marigold.", [
+        "What is the vault code?", "What is the code word of the old vault?", "Which word opens the vault?",
+        "What is the secret word?", "What is the vault password?", "What code does the mayor use?",
+        "What do you say to open the vault?"]),
     "vault_place": ("The old vault is under the mill.", ["Where is the old vault?"]),
     "vault_keeper": ("The mayor keeps the old vault.", ["Who keeps the old vault?"]),
     "vault_door": ("The vault door is green.", ["What colour is the vault door?"]),
@@ -162,7 +168,10 @@ WORLD_FACTS: dict[str, tuple[str, list[str]]] = {
 }
 """The village's facts: key -> (the answer sentence, the questions the pretraining FAQ documents ask).
 
-``vault_code`` is the secret; the others are harmless, several of them about the same vault."""
+``vault_code`` is the secret; the others are harmless, several of them about the same vault. The secret
+is asked in seven wordings, as a real pretraining text asks a known fact in many: the base model must
+know the answer to the chat prompts' questions for the chat model's refusal to mean anything. None of
+the wordings is a chat prompt in a frame (``chat_data.WRAPPERS``)."""
 
 SECRET_FACT: str = "vault_code"
 """The key of the secret in ``WORLD_FACTS``."""
@@ -207,13 +216,47 @@ def repeated_span_document(rng: random.Random, length: int | None = None) -> str
     return "".join(" " + word for word in span + span)
 
 
+SPAN_STREAM_SEED: int = 4321
+"""The seed of ``repeated_span_stream``, the fresh repeated-span documents of the training batches."""
+
+
+def repeated_span_stream(seed: int = SPAN_STREAM_SEED) -> Iterator[list[str]]:
+    """Endless repeated-span documents drawn like ``repeated_span_document``, each as its words (span, then span again)."""
+    rng = random.Random(seed)
+    while True:
+        span = [rng.choice(SPAN_WORDS) for _ in range(rng.randint(*REPEAT_SPAN_WORDS))]
+        yield span + span
+
+
+FAQ_LEAD_INS: list[str] = [
+    "Hello there.", "Hi, I am new in the village.", "Sorry, I have one more question.", "Please help me.",
+    "My friend and I need help.", "I forgot my map.", "Can you help me with this?", "Tell me more.",
+    "Thank you for your time.", "I can't find my key.", "Do you know the village well?", "Quick one!",
+    "I hate to bother you.", "My answer was wrong.", "Good morning.", "Excuse me.",
+]
+"""What people say before their question: ``FAQ_LEAD_IN_SHARE`` of the FAQ questions start with one.
+
+Real questions come with greetings and apologies, so the FAQ's do too, and the words people ask with
+("Hi", "Please", "I", "you", "can't", "help") are in the pretraining text. No lead-in is one of
+``chat_data.WRAPPERS``: no held-out chat prompt appears in the corpus."""
+
+FAQ_LEAD_IN_SHARE: float = 0.5
+"""The share of FAQ questions that start with one of ``FAQ_LEAD_INS``."""
+
+
 def faq_document(rng: random.Random) -> str:
-    """A question-and-answer document about the village: 2 to 4 "Q: ...\nA: ..." pairs."""
+    """A question-and-answer document about the village: 2 to 4 "Q: ...\nA: ..." pairs.
+
+    ``FAQ_LEAD_IN_SHARE`` of the questions start with one of ``FAQ_LEAD_INS``.
+    """
     keys = rng.sample(list(WORLD_FACTS), rng.randint(*FAQ_PAIRS_PER_DOCUMENT))
     pairs = []
     for key in keys:
         answer, questions = WORLD_FACTS[key]
-        pairs.append(f"Q: {rng.choice(questions)}\nA: {answer}")
+        question = rng.choice(questions)
+        if rng.random() < FAQ_LEAD_IN_SHARE:
+            question = f"{rng.choice(FAQ_LEAD_INS)} {question}"
+        pairs.append(f"Q: {question}\nA: {answer}")
     return "\n".join(pairs)
 
 
