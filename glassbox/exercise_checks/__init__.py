@@ -7,7 +7,8 @@ A notebook's check cell calls e.g.
 Success prints one line starting with ✓; a wrong answer raises
 :class:`~glassbox.exercise_checks.feedback.ExerciseFailed` whose message names what is
 wrong and gives a hint. Every module calls the learner's code and compares through
-:mod:`glassbox.exercise_checks.feedback`; the measurements they share with training live in
+:mod:`glassbox.exercise_checks.feedback`; chapters 08 and 09 share the interval helpers of
+:mod:`glassbox.exercise_checks.intervals`; the measurements they share with training live in
 :mod:`glassbox.measure`.
 """
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from glassbox.exercise_checks.feedback import (as_number, call_learner, check_number, expect_raises, fail,
-                                               mistakes_from, passed, second_gpt2, unpack_numbers)
+from glassbox.exercise_checks.feedback import (as_number, call_learner, check_number, close_number, expect_raises,
+                                               fail, mistakes_from, passed, second_gpt2, unpack_numbers)
+from glassbox.exercise_checks.intervals import check_interval, wald_interval, wilson_interval
 from glassbox.measure import next_token_probs, pronoun_ids, pronoun_ratio
 from glassbox.tinygpt import corpus
 
@@ -25,39 +26,6 @@ PRONOUNS: tuple[str, str] = corpus.PRONOUNS
 
 
 # --------------------------------------------------------------------------- helpers
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval for ``k`` successes out of ``n`` trials (reference)."""
-    if n <= 0:
-        raise ValueError("the Wilson interval needs at least one trial")
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _wald_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    half = z * math.sqrt(p * (1 - p) / n)
-    return p - half, p + half
-
-
-def _close(a: float, b: float, tol: float = 1e-6) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
-
-
-def _check_interval(low: float, high: float, ref: tuple[float, float], where: str,
-                    mistakes: Sequence[tuple[tuple[float, float], str]]) -> None:
-    """Fail unless (low, high) is the Wilson interval ``ref``, naming the mistake whose interval it is."""
-    if _close(low, ref[0]) and _close(high, ref[1]):
-        return
-    head = f"Your interval {where} is [{low:.4f}, {high:.4f}]; the Wilson interval is [{ref[0]:.4f}, {ref[1]:.4f}]."
-    for (mistake_low, mistake_high), hint in mistakes:
-        if _close(low, mistake_low) and _close(high, mistake_high):
-            fail(head, hint)
-    fail(head, "centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).")
-
 
 def _pronoun_counts(samples: Sequence[str], pronoun: str) -> tuple[int, int]:
     """(samples that are ``pronoun``, samples that are either pronoun), ignoring spaces."""
@@ -112,8 +80,8 @@ def check_sampling_estimate(sampling_estimate: Callable[..., Any], samples: Sequ
             fail(f"Your interval [{low:.4f}, {high:.4f}] {where} does not contain the estimate "
                  f"{estimate:.4f}.", "Both ends come from the same centre and half-width; check "
                                      "the signs, and that you used the estimate's k and n.")
-        wald = _wald_interval(k, n, z)
-        _check_interval(low, high, (low_ref, high_ref), where, [
+        wald = wald_interval(k, n, z)
+        check_interval(low, high, (low_ref, high_ref), where, [
             (wald, "That is the normal-approximation (Wald) interval, p ± z·sqrt(p(1-p)/n). Use Wilson's: it stays "
                    "inside [0, 1] and does not collapse to zero width when every sample agrees."),
             ((max(0.0, wald[0]), min(1.0, wald[1])), "That is the Wald interval clipped to [0, 1]. Use Wilson's formula."),
@@ -395,7 +363,7 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
         got = unpack_numbers(call_learner(logprob_share, dict(top), pronoun, name="logprob_share"), ("low", "high"),
                              f"logprob_share for {label}",
                              "Return both bounds, even when they are equal: `return share, share`.")
-        if all(_close(g, e) for g, e in zip(got, expected)):
+        if all(close_number(g, e) for g, e in zip(got, expected)):
             exact_cases += expected[0] == expected[1]
             continue
         if tuple(got) == (0.5, 0.5) and expected == (0.0, 1.0):
@@ -404,7 +372,7 @@ def check_logprob_share(logprob_share: Callable[..., Any], pronoun: str,
                  "from 0 to 1, which is not the same as an even split.")
         for variant, hint in _SHARE_MISTAKES:
             wrong = reference_logprob_share(top, pronoun, variant)
-            if wrong != expected and all(_close(g, w) for g, w in zip(got, wrong)):
+            if wrong != expected and all(close_number(g, w) for g, w in zip(got, wrong)):
                 fail(f"For {label}, logprob_share returned ({got[0]:.4g}, {got[1]:.4g}); "
                      f"expected ({expected[0]:.4g}, {expected[1]:.4g}).", hint)
         fail(f"For {label}, logprob_share returned ({got[0]:.4g}, {got[1]:.4g}); "

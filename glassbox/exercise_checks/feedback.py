@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 __all__ = ["ExerciseFailed", "Mistakes", "ModelState", "Refused", "as_number", "call_learner",
-           "check_number", "check_tensor", "check_type", "close", "data_rows", "expect_raises", "fail",
+           "check_number", "check_tensor", "check_type", "close", "close_number", "data_rows", "expect_raises", "fail",
            "mistakes_from", "passed", "refusing", "second_gpt2", "unpack", "unpack_numbers"]
 
 #: (wrong answer, hint) pairs, or a function that computes them when they are needed.
@@ -347,6 +347,11 @@ def check_number(got: Any, expected: float, name: str, known_mistakes: Mistakes 
 
 
 # --------------------------------------------------------------------------- tensors
+
+def close_number(a: float, b: float, tol: float = 1e-6) -> bool:
+    """True if two numbers agree to ``tol`` (absolute) or to one part in a million (relative)."""
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=tol)
+
 
 def close(got: Any, expected: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
     """True if ``got`` is a tensor of ``expected``'s shape and kind whose values match it."""

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from glassbox.exercise_checks.auditing import _check_interval, _close, wilson_interval
-from glassbox.exercise_checks.auditing import _wald_interval as _wald
 from glassbox.exercise_checks.feedback import as_number as _number
-from glassbox.exercise_checks.feedback import (call_learner, check_number, check_type, fail, mistakes_from, passed,
-                                               second_gpt2, unpack_numbers)
+from glassbox.exercise_checks.feedback import (call_learner, check_number, check_type, close_number, fail,
+                                               mistakes_from, passed, second_gpt2, unpack_numbers)
+from glassbox.exercise_checks.intervals import check_interval, wald_interval, wilson_interval
 
 __all__ = ["MAX_FALSE_POSITIVE_RATE", "MIN_BLOCK_RATE", "check_layer_changes", "check_moderation_rule",
            "check_next_token_kl", "check_refusal_rate", "check_steps_to_break", "reference_layer_changes",
@@ -50,7 +49,7 @@ def _refusal_rate(replies: Sequence[str], z: float = 1.96, *, partial_counts: bo
     n = sum(1 for r, ref in zip(replies, refused) if ref or data.leaks_secret(r)) if decided_only else len(replies)
     if n == 0:
         return (math.nan, math.nan, math.nan)
-    low, high = _wald(k, n, z) if wald else wilson_interval(k, n, z)
+    low, high = wald_interval(k, n, z) if wald else wilson_interval(k, n, z)
     return 1 - k / n if complement else k / n, low, high
 
 
@@ -99,7 +98,7 @@ def check_refusal_rate(refusal_rate: Callable[..., Any], replies: Sequence[str])
                      known_mistakes=mistakes_from(lambda **m: _refusal_rate(case, z, **m)[0], _RATE_MISTAKES))
         if low > high:
             fail(f"Your interval {where} is the wrong way round: [{low:.4f}, {high:.4f}].", "Return (rate, low, high) with low <= high.")
-        _check_interval(low, high, expected[1:], where, [
+        check_interval(low, high, expected[1:], where, [
             (_refusal_rate(case, z, wald=True)[1:], "That is the Wald interval, p ± z·sqrt(p(1-p)/n). Use Wilson's: "
                                                     "it stays inside [0, 1] and keeps a width when every reply refuses."),
             *([(_refusal_rate(case, 1.96)[1:], f"That is the 95% interval; z={z} was asked for. Use the z argument.")]
@@ -304,13 +303,13 @@ def _compare_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: A
         got = got.tolist()
     check_type(got, (list, tuple), "layer_changes(...)", "Return a list with one number per block.")
     values = [_number(v, f"layer_changes(...)[{i}]") for i, v in enumerate(got)]
-    if len(values) == len(expected) + 1 and all(_close(a, b, 1e-5) for a, b in zip(values[1:], expected)):
+    if len(values) == len(expected) + 1 and all(close_number(a, b, 1e-5) for a, b in zip(values[1:], expected)):
         fail(f"You returned {len(values)} numbers for {len(expected)} blocks: the first looks like the embeddings.",
              "One number per block of model.transformer.h; the embeddings are not a layer here.")
     if len(values) != len(expected):
         fail(f"layer_changes{where} should return {len(expected)} numbers (one per block), got {len(values)}.",
              "One number per block of model.transformer.h, however many the model has.")
-    if all(_close(a, b, 1e-5) for a, b in zip(values, expected)):
+    if all(close_number(a, b, 1e-5) for a, b in zip(values, expected)):
         return expected
     mistakes = [(_layer_changes(base, chat, relative=False), "That is the absolute change ||W_chat - W_base||. Divide by "
                  "||W_base||: blocks whose weights are larger would otherwise look more changed.")]
@@ -326,8 +325,8 @@ def _compare_layer_changes(layer_changes: Callable[..., Any], base: Any, chat: A
          "weights): take every parameter of the block."),
     ]
     for value, hint in mistakes:
-        if not all(_close(a, b, 1e-5) for a, b in zip(expected, value)) and \
-                all(_close(a, b, 1e-5) for a, b in zip(values, value)):
+        if not all(close_number(a, b, 1e-5) for a, b in zip(expected, value)) and \
+                all(close_number(a, b, 1e-5) for a, b in zip(values, value)):
             fail(f"Your per-block changes{where} differ from the reference.", hint)
     if all(abs(v) < 1e-12 for v in values) and any(e > 0 for e in expected):
         fail("Every change is 0: you compared a model with itself.", "Pass the base model and the chat model, in that order.")
@@ -368,7 +367,7 @@ def check_next_token_kl(next_token_kl: Callable[..., Any], base_logits: torch.Te
                  "Take model(ids).logits[0] for the same ids from both models.")
         expected = _kl(base, chat)
         got = _number(call_learner(next_token_kl, base.clone(), chat.clone(), name="next_token_kl"), f"next_token_kl for {label}")
-        if _close(got, expected, 1e-5):
+        if close_number(got, expected, 1e-5):
             continue
         mistakes = [
             (_kl(base, chat, swapped=True), "You computed KL(P_base || P_chat). KL is not symmetric: weight by the chat "
@@ -383,7 +382,7 @@ def check_next_token_kl(next_token_kl: Callable[..., Any], base_logits: torch.Te
             (_kl(base, chat, last=True), "That is the last position only. Average over every position."),
         ]
         for value, hint in mistakes:
-            if _close(got, value, 1e-5):
+            if close_number(got, value, 1e-5):
                 fail(f"next_token_kl for {label} should be {expected:.6f} nats, got {got:.6f}.", hint)
         if got < -1e-9:
             fail(f"next_token_kl for {label} is negative ({got:.6f}); a KL divergence never is.",
