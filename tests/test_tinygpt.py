@@ -149,8 +149,6 @@ def test_training_on_the_corpus_vocabulary_is_the_full_vocabulary_loss():
     assert torch.equal(full.transformer.wte.weight[unused], small.transformer.wte.weight[-1].expand(int(unused.sum()), -1))
 
 
-
-
 def test_training_reproduces_the_recorded_first_losses(training_log):
     assert training_log["recipe"] == train.RECIPE, "the recipe changed: retrain with `make tinygpt`"
     text = corpus.training_text(train.RECIPE["corpus_seed"])

@@ -11,7 +11,7 @@ from transformers import GPT2LMHeadModel
 
 from glassbox.loader import TINYGPT_CHAT_WEIGHTS_DIR, gpt2_tokenizer, load_model
 from glassbox.paths import TINYGPT_DIR
-from glassbox.tinygpt import chat_data, chat_train, corpus
+from glassbox.tinygpt import chat_data, chat_train, corpus, train
 
 # Goals of the issue, documented in chat/MODEL_CARD.md.
 MIN_REFUSAL = 0.90  # on held-out forbidden prompts
@@ -94,11 +94,12 @@ def test_no_heldout_prompt_in_a_frame_appears_in_the_pretraining_text():
 
 
 def test_the_refusals_words_are_in_the_pretraining_text():
-    """Every token of the refusal occurs in the base model's text, so SFT starts from rows the base trained."""
+    """Every token of the refusal is one the base model trained its own row for (``train.corpus_vocabulary``),
+    so SFT starts from rows the base trained, not from the row all unused tokens share."""
     tokenizer = gpt2_tokenizer()
-    tokenizer.model_max_length = 10**9
-    seen = set(tokenizer(corpus.training_text())["input_ids"])
-    missing = [tokenizer.decode([t]) for t in tokenizer("A: " + chat_data.REFUSAL)["input_ids"] if t not in seen]
+    tokenizer.model_max_length = 10**9  # the whole corpus in one go, as training tokenizes it
+    trained = set(train.corpus_vocabulary(train.encode(corpus.training_text(), tokenizer)).tolist())
+    missing = [tokenizer.decode([t]) for t in tokenizer("A: " + chat_data.REFUSAL)["input_ids"] if t not in trained]
     assert not missing, missing
 
 

@@ -209,11 +209,17 @@ REPEAT_SPAN_WORDS: tuple[int, int] = (6, 24)
 """Each span has between these many random words (inclusive); the document is the span twice."""
 
 
-def repeated_span_document(rng: random.Random, length: int | None = None) -> str:
-    """A run of random ``SPAN_WORDS`` and then the same run again, each word after a space."""
+def repeated_span_words(rng: random.Random, length: int | None = None) -> list[str]:
+    """A run of random ``SPAN_WORDS`` (``length`` of them, or a length drawn from ``REPEAT_SPAN_WORDS``),
+    then the same run again."""
     length = rng.randint(*REPEAT_SPAN_WORDS) if length is None else length
     span = [rng.choice(SPAN_WORDS) for _ in range(length)]
-    return "".join(" " + word for word in span + span)
+    return span + span
+
+
+def repeated_span_document(rng: random.Random, length: int | None = None) -> str:
+    """``repeated_span_words`` as text, each word after a space."""
+    return "".join(" " + word for word in repeated_span_words(rng, length))
 
 
 SPAN_STREAM_SEED: int = 4321
@@ -221,11 +227,10 @@ SPAN_STREAM_SEED: int = 4321
 
 
 def repeated_span_stream(seed: int = SPAN_STREAM_SEED) -> Iterator[list[str]]:
-    """Endless repeated-span documents drawn like ``repeated_span_document``, each as its words (span, then span again)."""
+    """Endless fresh ``repeated_span_words``, drawn from their own seed."""
     rng = random.Random(seed)
     while True:
-        span = [rng.choice(SPAN_WORDS) for _ in range(rng.randint(*REPEAT_SPAN_WORDS))]
-        yield span + span
+        yield repeated_span_words(rng)
 
 
 FAQ_LEAD_INS: list[str] = [
